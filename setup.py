@@ -1,0 +1,86 @@
+"""Packaging for maskdet: metadata comes from settings.ini (nbdev), dependencies live here.
+
+Extras split the stack by role so that a container installs only what it runs:
+`serve` (ONNX inference + API, no torch), `train` (torch + ultralytics + tracking + pipeline),
+`monitor` (evidently), `dashboard` (Voila), `dev` (nbdev, tests, lint); `all` is everything.
+"""
+from configparser import ConfigParser
+
+import setuptools
+
+cfg = ConfigParser(delimiters=["="])
+cfg.read("settings.ini")
+meta = cfg["DEFAULT"]
+
+core = [
+    "numpy>=1.26,<3",
+    "pandas>=2.2,<3",  # evidently 0.7 does not import with pandas 3
+    "pillow>=10",
+    "pyyaml>=6",
+    "opencv-python-headless==4.12.0.88",
+    "tqdm>=4.66",
+]
+extras = {
+    "serve": [
+        "onnxruntime==1.23.2",
+        "fastapi==0.121.1",
+        "uvicorn[standard]==0.38.0",
+        "python-multipart>=0.0.20",
+        "prometheus-client>=0.23",
+    ],
+    "train": [
+        # torch 2.14.1/torchvision 0.29.1 are the pair on this machine's disk; PyPI's torchvision
+        # does not load beside the torch 2.13.0 CPU file.
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "ultralytics==8.3.228",
+        # ultralytics asks for the GUI build of OpenCV; `make install` puts the headless cv2 on top.
+        "opencv-python==4.12.0.88",
+        "mlflow==3.17.2",
+        "dvc==3.67.1",
+        "papermill==2.6.0",
+        "imagehash==4.3.2",
+        "onnx==1.19.1",
+        "onnxslim==0.1.74",
+        "matplotlib>=3.8",
+    ],
+    "monitor": ["evidently==0.7.16"],
+    "dashboard": [
+        "voila==0.5.11",
+        "ipywidgets==8.1.8",
+        "anywidget==0.9.18",
+        "jupyterlab==4.4.10",
+    ],
+    "dev": [
+        "nbdev==2.4.14",  # nbdev 3 refuses settings.ini
+        "fastcore>=1.12.3,<2",
+        "execnb<0.2",
+        "ghapi<2",
+        "pytest==8.4.2",
+        "nbval==0.11.0",
+        "ruff==0.14.4",
+        "httpx>=0.28",
+    ],
+}
+extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
+
+setuptools.setup(
+    name=meta["lib_name"],
+    version=meta["version"],
+    description=meta["description"],
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    author=meta["author"],
+    author_email=meta["author_email"],
+    url=meta["git_url"],
+    license="AGPL-3.0-or-later",
+    keywords=meta["keywords"].split(),
+    classifiers=["Programming Language :: Python :: 3.11"],
+    python_requires=f">={meta['min_python']}",
+    packages=setuptools.find_packages(include=["maskdet", "maskdet.*"]),
+    include_package_data=True,
+    install_requires=core,
+    extras_require=extras,
+    entry_points={"console_scripts": [meta["console_scripts"]]},
+    zip_safe=False,
+)

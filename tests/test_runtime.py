@@ -1,0 +1,77 @@
+"""The runtime set-up keeps ultralytics offline and inside the project, on every core.
+
+Each check runs a fresh interpreter (ultralytics reads its environment once, at import) under a
+Python audit hook that records every network call and every file written outside the allowed folders,
+with HOME and TMPDIR pointed at empty folders of the test's own, so that nothing can hide in
+~/.config, ~/.cache or a shared /tmp (ultralytics falls back to /tmp/Ultralytics).
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+AUDITED_PREDICT = textwrap.dedent(
+    """
+    import json, os, sys, tempfile
+    allowed = tuple(os.path.realpath(p) + os.sep for p in (sys.argv[1], tempfile.gettempdir(), "/dev"))
+    network, outside = [], []
+    WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+
+    def written_path(event, args):
+        if event == "open":
+            path, mode, flags = args
+            mode_writes = isinstance(mode, str) and any(c in mode for c in "wax+")
+            writes = mode_writes or (mode is None and flags & WRITE_FLAGS)
+            return path if writes else None
+        if event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate"):
+            return args[0]
+        if event in ("os.rename", "shutil.copyfile", "shutil.copytree", "os.symlink", "os.link"):
+            return args[1]
+        return None
+
+    def audit(event, args):
+        if event.startswith("socket.") and event != "socket.__new__":
+            network.append(f"{event} {args!r:.200}")
+            return
+        path = written_path(event, args)
+        if isinstance(path, (str, bytes, os.PathLike)):
+            real = os.path.realpath(os.fsdecode(path))
+            if not (real + os.sep).startswith(allowed):
+                outside.append(f"{event} {real}")
+
+    sys.addaudithook(audit)
+    from maskdet.core import cpu_threads, setup_runtime
+    setup_runtime()
+    import torch
+    from ultralytics import YOLO
+    results = YOLO(sys.argv[2]).predict(sys.argv[3], verbose=False)
+    print(json.dumps({"faces": len(results[0].boxes), "network": network, "outside": outside,
+                      "threads": torch.get_num_threads(), "expected_threads": cpu_threads()}))
+    """
+)
+
+
+def run_audited_predict(project, weights, image, home, tmp):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "YOLO_", "MLFLOW_", "MPL", "TORCH_"))}
+    env |= {"HOME": str(home), "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1", "MASKDET_ROOT": str(project.root)}
+    done = subprocess.run([sys.executable, "-c", AUDITED_PREDICT, str(project.root), str(weights), str(image)],
+                          capture_output=True, text=True, env=env, cwd=project.root, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_predict_is_offline_inside_the_project_and_on_every_core(project, inputs, tmp_path):
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    image = inputs["dataset"] / "images" / "maksssksksss0.png"
+    report = run_audited_predict(project, inputs["weights"], image, home, tmp)
+    assert report["faces"] >= 1, "the face detector found no face in a street photo"
+    assert report["network"] == [], "network lookups made"
+    assert report["outside"] == [], "files written outside the project and the temp dir"
+    assert list(home.iterdir()) == [], "files written into HOME"
+    assert report["threads"] == report["expected_threads"]
+    assert (project.cache / "Ultralytics" / "Arial.ttf").is_file()
+    settings = json.loads((project.cache / "Ultralytics" / "settings.json").read_text())
+    assert settings["sync"] is False and settings["runs_dir"] == str(project.runs)
