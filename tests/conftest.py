@@ -1,9 +1,16 @@
-"""Shared fixtures: the project under test and its real inputs."""
+"""Shared fixtures: the project under test, its real inputs, and fresh copies of it to run stages in."""
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from maskdet.core import load_params, project_paths
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
@@ -13,9 +20,57 @@ def project():
 
 @pytest.fixture(scope="session")
 def inputs(project):
-    """Paths of the real data set and starting weights named in params.yaml; skip nothing: they must exist."""
+    """Paths of the real data set and starting weights named in params.yaml: they must exist."""
     params = load_params("inputs", project)
     found = {name: project.resolve(path) for name, path in params.items()}
     missing = [f"{name}: {path}" for name, path in found.items() if not path.exists()]
     assert not missing, f"inputs named in params.yaml are missing: {missing}"
     return found
+
+
+def run(cmd, cwd, check=True, timeout=900):
+    """Run a command as a user of the venv would (its bin/ first on PATH)."""
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    for key in ("MASKDET_ROOT", "MLFLOW_TRACKING_URI", "YOLO_CONFIG_DIR", "MLFLOW_EXPERIMENT_NAME",
+                "MLFLOW_KEEP_RUN_ACTIVE", "PYTEST_CURRENT_TEST"):
+        env.pop(key, None)
+    done = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def set_params(root, changes):
+    """Update params.yaml in `root`: `changes` maps 'section.key.sub' to a value."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def copy_project(project, target, changes):
+    """A fresh git clone-like copy of the project (the files git tracks) with params changed."""
+    listing = subprocess.run(["git", "ls-files"], cwd=project.root, capture_output=True, text=True, check=True)
+    for name in listing.stdout.split():
+        if (project.root / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project.root / name, target / name)
+    set_params(target, changes)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        run(cmd, target)
+    return target
+
+
+def small_voc(source, target, n):
+    """The first `n` photos of a Pascal VOC data set, copied to `target`."""
+    (target / "images").mkdir(parents=True)
+    (target / "annotations").mkdir()
+    for xml in sorted((source / "annotations").glob("*.xml"))[:n]:
+        shutil.copy(xml, target / "annotations")
+        shutil.copy(source / "images" / f"{xml.stem}.png", target / "images")
+    return target

@@ -4,49 +4,18 @@ The copy is made from the files git tracks, so it is what a clean clone holds; i
 at the real data set by absolute path.
 """
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from conftest import BIN, copy_project, run
 
 from maskdet.core import CLASSES
-
-BIN = Path(sys.executable).parent
-
-
-def run(cmd, cwd, check=True):
-    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    env.pop("MASKDET_ROOT", None)
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
-    if check:
-        assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
-def copy_project(project, target, dataset):
-    listing = subprocess.run(["git", "ls-files"], cwd=project.root, capture_output=True, text=True, check=True)
-    files = listing.stdout.split()
-    for name in files:
-        if (project.root / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(project.root / name, target / name)
-    params = yaml.safe_load((target / "params.yaml").read_text())
-    params["inputs"]["dataset"] = str(dataset)
-    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        run(cmd, target)
-    return target
 
 
 @pytest.fixture(scope="module")
 def prepared(project, inputs, tmp_path_factory):
-    copy = copy_project(project, tmp_path_factory.mktemp("project"), inputs["dataset"])
+    copy = copy_project(project, tmp_path_factory.mktemp("project"), {"inputs.dataset": str(inputs["dataset"])})
     first = run([str(BIN / "dvc"), "repro", "prepare"], copy)
     return copy, first
 
@@ -73,9 +42,9 @@ def test_prepare_writes_a_clean_split_dataset(prepared):
 
 def test_second_repro_does_nothing(prepared):
     copy, _ = prepared
-    again = run([str(BIN / "dvc"), "repro"], copy)
+    again = run([str(BIN / "dvc"), "repro", "prepare"], copy)
     assert "didn't change, skipping" in again.stdout and "Running stage" not in again.stdout
-    assert "up to date" in run([str(BIN / "dvc"), "status"], copy).stdout
+    assert "up to date" in run([str(BIN / "dvc"), "status", "prepare"], copy).stdout
 
 
 @pytest.mark.parametrize("make_source, says", [("missing", "does not exist"), ("empty", "is empty")])

@@ -1,0 +1,77 @@
+"""The whole pipeline as a user runs it: `dvc repro` from prepare to register in a fresh copy of the
+project, on 60 real photos with short trainings, then the promotion gate refusing a second version.
+
+Real DVC, papermill, ultralytics training, MLflow tracking and registry; only the sizes are small.
+"""
+import json
+
+import mlflow
+import pytest
+from conftest import BIN, copy_project, run, set_params, small_voc
+
+from maskdet.core import CLASSES
+
+QUICK = {
+    "model.detector_imgsz": 320,
+    "train.detector.epochs": 1, "train.detector.imgsz": 320, "train.detector.batch": 8,
+    "train.classifier.epochs": 2, "train.calibration_images": 10,
+    "evaluate.latency_runs": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(project, inputs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    dataset = small_voc(inputs["dataset"], tmp_path_factory.mktemp("data"), 60)
+    weights = str(inputs["weights"])
+    where = {"inputs.dataset": str(dataset), "inputs.weights": weights, "train.backbone": weights}
+    copy = copy_project(project, root, QUICK | where)
+    done = run([BIN / "dvc", "repro"], copy)
+    return copy, done
+
+
+def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
+    copy, done = pipeline
+    for stage in ("prepare", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in done.stdout
+    metrics = json.loads((copy / "reports" / "metrics.json").read_text())
+    assert {"mAP50", "mAP50_95", "precision", "recall", "per_class"} <= set(metrics)
+    assert set(metrics["per_class"]) == set(CLASSES)
+    assert all({"ap50", "precision", "recall", "threshold"} <= set(m) for m in metrics["per_class"].values())
+    assert 0 < metrics["mAP50"] <= 1 and metrics["latency_ms"]["median_ms"] > 0
+    assert (copy / "models" / "best.pt").is_file()
+    for plot in ("pr_curve.csv", "f1_curve.csv", "confusion.csv"):
+        assert (copy / "reports" / "plots" / plot).stat().st_size > 0
+    shown = run([BIN / "dvc", "metrics", "show", "--json"], copy).stdout
+    assert "mAP50" in shown
+    again = run([BIN / "dvc", "repro"], copy)
+    assert "Running stage" not in again.stdout and again.stdout.count("didn't change, skipping") == 4
+
+
+def test_one_training_is_one_mlflow_run_with_everything(pipeline):
+    copy, _ = pipeline
+    record = json.loads((copy / "models" / "train_run.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("maskdet").experiment_id])
+    assert [r.info.run_id for r in runs] == [record["run_id"]]
+    run_ = runs[0]
+    assert run_.data.tags["data.version"] == record["data_version"] != ""
+    assert run_.data.tags["git.commit"] not in ("", "unknown")
+    assert "maskdet.train.classifier.lr" in run_.data.params
+    assert {"classifier/loss", "val/mAP50", "test/mAP50"} <= set(run_.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
+    assert {"best.pt", "dataset.yaml", "metrics.json"} <= artifacts
+
+
+def test_registry_gate_keeps_the_champion_when_a_version_fails(pipeline):
+    copy, _ = pipeline
+    first = json.loads((copy / "reports" / "registry.json").read_text())
+    assert (first["version"], first["promoted"]) == (1, True)
+    set_params(copy, {"register.max_class_drop": -1.0})  # no version can pass: every class would have to gain 1.0
+    again = run([BIN / "dvc", "repro"], copy)
+    assert "Running stage 'register'" in again.stdout and "Running stage 'train'" not in again.stdout
+    second = json.loads((copy / "reports" / "registry.json").read_text())
+    assert (second["version"], second["promoted"], second["champion"]) == (2, False, 1)
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlruns' / 'mlflow.db'}")
+    assert int(client.get_model_version_by_alias("maskdet", "champion").version) == 1
+    assert int(client.get_model_version_by_alias("maskdet", "challenger").version) == 2
