@@ -42,6 +42,11 @@ def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
     assert (copy / "models" / "best.pt").is_file()
     for plot in ("pr_curve.csv", "f1_curve.csv", "confusion.csv"):
         assert (copy / "reports" / "plots" / plot).stat().st_size > 0
+    for stage in ("prepare", "train", "evaluate", "register"):
+        cells = json.loads((copy / "reports" / f"{stage}.ipynb").read_text())["cells"]
+        tags = [cell.get("metadata", {}).get("tags", []) for cell in cells]
+        where = {tag: i for i, cell_tags in enumerate(tags) for tag in cell_tags}
+        assert where["injected-parameters"] == where["parameters"] + 1, f"papermill did not parameterise {stage}"
     shown = run([BIN / "dvc", "metrics", "show", "--json"], copy).stdout
     assert "mAP50" in shown
     again = run([BIN / "dvc", "repro"], copy)
@@ -75,3 +80,14 @@ def test_registry_gate_keeps_the_champion_when_a_version_fails(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlruns' / 'mlflow.db'}")
     assert int(client.get_model_version_by_alias("maskdet", "champion").version) == 1
     assert int(client.get_model_version_by_alias("maskdet", "challenger").version) == 2
+
+
+def test_tune_compares_trials_in_mlflow(pipeline):
+    copy, _ = pipeline
+    set_params(copy, {"tune.space": {"lr": [0.001, 0.004], "epochs": [1]}})
+    done = run([BIN / "maskdet", "tune", "--trials", "2"], copy)
+    table = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    assert len(table) == 4 and "val_mAP50" in table[0], done.stdout  # header, rule, two trials
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlruns' / 'mlflow.db'}")
+    trials = client.search_runs([client.get_experiment_by_name("maskdet-tune").experiment_id])
+    assert len(trials) == 2 and all("val/mAP50" in t.data.metrics for t in trials)
