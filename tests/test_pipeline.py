@@ -4,6 +4,7 @@ project, on 60 real photos with short trainings, then the promotion gate refusin
 Real DVC, papermill, ultralytics training, MLflow tracking and registry; only the sizes are small.
 """
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -32,7 +33,7 @@ def pipeline(project, inputs, tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
     copy, done = pipeline
-    for stage in ("prepare", "train", "evaluate", "register"):
+    for stage in ("prepare", "train", "evaluate", "register", "export"):
         assert f"Running stage '{stage}'" in done.stdout
     metrics = json.loads((copy / "reports" / "metrics.json").read_text())
     assert {"mAP50", "mAP50_95", "precision", "recall", "per_class"} <= set(metrics)
@@ -42,7 +43,7 @@ def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
     assert (copy / "models" / "best.pt").is_file()
     for plot in ("pr_curve.csv", "f1_curve.csv", "confusion.csv"):
         assert (copy / "reports" / "plots" / plot).stat().st_size > 0
-    for stage in ("prepare", "train", "evaluate", "register"):
+    for stage in ("prepare", "train", "evaluate", "register", "export"):
         cells = json.loads((copy / "reports" / f"{stage}.ipynb").read_text())["cells"]
         tags = [cell.get("metadata", {}).get("tags", []) for cell in cells]
         where = {tag: i for i, cell_tags in enumerate(tags) for tag in cell_tags}
@@ -50,7 +51,7 @@ def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
     shown = run([BIN / "dvc", "metrics", "show", "--json"], copy).stdout
     assert "mAP50" in shown
     again = run([BIN / "dvc", "repro"], copy)
-    assert "Running stage" not in again.stdout and again.stdout.count("didn't change, skipping") == 4
+    assert "Running stage" not in again.stdout and again.stdout.count("didn't change, skipping") == 5
 
 
 def test_one_training_is_one_mlflow_run_with_everything(pipeline):
@@ -91,3 +92,22 @@ def test_tune_compares_trials_in_mlflow(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlruns' / 'mlflow.db'}")
     trials = client.search_runs([client.get_experiment_by_name("maskdet-tune").experiment_id])
     assert len(trials) == 2 and all("val/mAP50" in t.data.metrics for t in trials)
+
+
+def test_predict_on_real_photos_with_the_exported_model(pipeline, inputs, tmp_path):
+    copy, _ = pipeline
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("maksssksksss0.png", "maksssksksss1.png"):
+        (folder / name).write_bytes((inputs["dataset"] / "images" / name).read_bytes())
+    (folder / "broken.png").write_bytes(b"not an image")
+    command = [BIN / "maskdet", "predict", folder, "--json", "--conf", "0.1", "--save-annotated", tmp_path / "drawn"]
+    done = run(command, copy)
+    results = json.loads(done.stdout)
+    assert [Path(r["image"]).name for r in results] == ["maksssksksss0.png", "maksssksksss1.png"]
+    assert all(len(r["detections"]) >= 1 for r in results)
+    assert all(d["label"] in CLASSES and len(d["box"]) == 4 for r in results for d in r["detections"])
+    assert "broken.png: skipped" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["maksssksksss0.png", "maksssksksss1.png"]
+    missing = run([BIN / "maskdet", "predict", tmp_path / "nothing.png"], copy, check=False)
+    assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
