@@ -64,13 +64,3 @@ def copy_project(project, target, changes):
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         run(cmd, target)
     return target
-
-
-def small_voc(source, target, n):
-    """The first `n` photos of a Pascal VOC data set, copied to `target`."""
-    (target / "images").mkdir(parents=True)
-    (target / "annotations").mkdir()
-    for xml in sorted((source / "annotations").glob("*.xml"))[:n]:
-        shutil.copy(xml, target / "annotations")
-        shutil.copy(source / "images" / f"{xml.stem}.png", target / "images")
-    return target

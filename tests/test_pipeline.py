@@ -8,9 +8,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import BIN, copy_project, run, set_params, small_voc
+from conftest import BIN, copy_project, run, set_params
 
 from maskdet.core import CLASSES
+from maskdet.data import sample_voc
 
 QUICK = {
     "model.detector_imgsz": 320,
@@ -23,7 +24,7 @@ QUICK = {
 @pytest.fixture(scope="module")
 def pipeline(project, inputs, tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    dataset = small_voc(inputs["dataset"], tmp_path_factory.mktemp("data"), 60)
+    dataset = sample_voc(inputs["dataset"], tmp_path_factory.mktemp("data") / "voc", 60)
     weights = str(inputs["weights"])
     where = {"inputs.dataset": str(dataset), "inputs.weights": weights, "train.backbone": weights}
     copy = copy_project(project, root, QUICK | where)
