@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install pipeline test test-notebooks test-pytest lab lint format clean
+.PHONY: install browser pipeline test test-notebooks test-pytest lab dashboard lint format clean
 
 install: $(STAMP)
 
@@ -30,12 +30,21 @@ test: test-notebooks test-pytest
 test-notebooks: install
 	$(BIN)/nbdev_test --do_print --timing
 
+# Debian's Chromium for the browser tests (Playwright drives it; never `playwright install`).
+browser:
+	command -v chromium >/dev/null || ( $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium )
+
 # pytest exits 5 when it collects no test: not an error here.
-test-pytest: install
+test-pytest: install browser
 	$(BIN)/pytest tests/ || [ $$? -eq 5 ]
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs
+
+# The Voila dashboards (webcam detection, monitoring and drift) on http://127.0.0.1:8866
+dashboard: install
+	$(BIN)/maskdet dashboard
 
 lint: install
 	$(BIN)/ruff check maskdet tests benchmarks

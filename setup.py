@@ -1,7 +1,7 @@
 """Packaging for maskdet: metadata comes from settings.ini (nbdev), dependencies live here.
 
 Extras split the stack by role so that a container installs only what it runs:
-`serve` (ONNX inference + API, no torch), `train` (torch + ultralytics + tracking + pipeline),
+`serve` (ONNX Runtime/OpenVINO inference + API, no torch), `train` (torch + ultralytics + tracking + pipeline),
 `monitor` (evidently), `dashboard` (Voila), `dev` (nbdev, tests, lint); `all` is everything.
 """
 from configparser import ConfigParser
@@ -23,6 +23,7 @@ core = [
 extras = {
     "serve": [
         "onnxruntime==1.23.2",
+        "openvino==2026.4.1",
         "fastapi==0.121.1",
         "uvicorn[standard]==0.38.0",
         "python-multipart>=0.0.20",
@@ -42,6 +43,7 @@ extras = {
         "imagehash==4.3.2",
         "onnx==1.19.1",
         "onnxslim==0.1.74",
+        "nncf==3.4.0",  # INT8 quantisation of the OpenVINO model (export stage)
         "matplotlib>=3.8",
     ],
     "monitor": ["evidently==0.7.16"],
@@ -50,6 +52,7 @@ extras = {
         "ipywidgets==8.1.8",
         "anywidget==0.9.18",
         "jupyterlab==4.4.10",
+        "matplotlib>=3.8",  # the monitor's charts (PNG, no CDN)
     ],
     "dev": [
         "nbdev==2.4.14",  # nbdev 3 refuses settings.ini
@@ -60,6 +63,7 @@ extras = {
         "nbval==0.11.0",
         "ruff==0.14.4",
         "httpx>=0.28",
+        "playwright==1.65.2",  # drives Debian's chromium in the browser tests (never `playwright install`)
     ],
 }
 extras["all"] = sorted({req for reqs in extras.values() for req in reqs})

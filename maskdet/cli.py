@@ -15,13 +15,13 @@ from pathlib import Path
 from .core import ProjectPaths, cpu_threads, load_params, setup_runtime
 
 # %% auto #0
-__all__ = ['PACKAGES', 'STAGE_SECTIONS', 'IMAGE_SUFFIXES', 'package_version', 'runtime_info', 'info_command', 'UserError',
-           'run_stage', 'prepare_command', 'require', 'train_command', 'evaluate_command', 'register_command',
-           'export_command', 'image_inputs', 'draw_detections', 'predict_command', 'tune_command', 'build_parser',
-           'main']
+__all__ = ['PACKAGES', 'STAGE_SECTIONS', 'IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'package_version', 'runtime_info', 'info_command',
+           'UserError', 'run_stage', 'prepare_command', 'require', 'train_command', 'evaluate_command',
+           'register_command', 'export_command', 'media_inputs', 'predict_video', 'predict_command', 'serve_command',
+           'dashboard_command', 'tune_command', 'drift_command', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #b1f86f3c
-PACKAGES = ("torch", "ultralytics", "onnxruntime", "mlflow", "dvc", "evidently", "fastapi", "voila")
+PACKAGES = ("torch", "ultralytics", "onnxruntime", "openvino", "mlflow", "dvc", "evidently", "fastapi", "voila")
 
 def package_version(name: str) -> str | None:
     "Installed version of `name`, or None."
@@ -54,7 +54,8 @@ STAGE_SECTIONS = {"prepare": ("inputs", "prepare", "augment"),
                   "train": ("inputs", "train", "model", "augment", "tracking"),
                   "evaluate": ("evaluate",),
                   "register": ("register", "tracking"),
-                  "export": ("evaluate",)}
+                  "export": ("export",),
+                  "drift": ("drift",)}
 
 def run_stage(name: str, paths: ProjectPaths) -> Path:
     "Execute `nbs/pipeline/<name>.ipynb` into `reports/<name>.ipynb` with its `params.yaml` sections."
@@ -127,64 +128,134 @@ def export_command(args: argparse.Namespace) -> None:
     paths = setup_runtime()
     require(paths.models / "best.pt", "the trained model", "run `maskdet train` (or `dvc repro train`) first.")
     run_stage("export", paths)
-    print(f"exported {paths.models / 'model.onnx'}, {paths.models / 'classifier.onnx'}, {paths.models / 'model.json'}")
+    exported = json.loads((paths.reports / "export.json").read_text())
+    print(f"exported ONNX and OpenVINO models to {paths.models}; INT8 {'kept' if exported['int8_kept'] else 'dropped'}; "
+          f"served by default: {exported['served']}")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
-def image_inputs(names: list[str]) -> list[Path]:
-    "Image files named, or found in the folders named."
+def media_inputs(names: list[str]) -> list[Path]:
+    "Image and video files named, or found in the folders named."
     files = []
     for name in map(Path, names):
         if name.is_dir():
-            files += sorted(p for p in name.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in name.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
         elif name.is_file():
             files.append(name)
         else:
-            raise UserError(f"{name} not found: name image files or folders of images.")
+            raise UserError(f"{name} not found: name image or video files, or folders of images.")
     return files
 
-def draw_detections(image, detections: list[dict], target: Path) -> None:
-    "Save `image` with each detection's box and label drawn, in its class colour."
-    from PIL import Image, ImageDraw
-
-    from maskdet.data import CLASS_COLOURS
-    picture = Image.fromarray(image)
-    draw = ImageDraw.Draw(picture)
-    for d in detections:
-        draw.rectangle(d["box"], outline=CLASS_COLOURS[d["label"]], width=2)
-        draw.text((d["box"][0], max(0, d["box"][1] - 11)), f"{d['label']} {d['confidence']:.2f}", fill=CLASS_COLOURS[d["label"]])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(target)
-
-def predict_command(args: argparse.Namespace) -> None:
-    "Detect faces and masks in images."
+def predict_video(detector, video: Path, conf: float | None, every: int, annotated: Path | None, quiet: bool) -> list[dict]:
+    "Detections in every `every`-th frame of a video, with a progress bar; optionally the annotated video."
+    import cv2
     from tqdm import tqdm
 
-    from maskdet.inference import Detector, as_rgb
-    paths = setup_runtime()
-    model = args.model or (paths.models / "model.onnx" if (paths.models / "model.onnx").is_file() else paths.models / "best.pt")
+    from maskdet.inference import draw_detections
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        print(f"{video}: skipped, not a readable video", file=sys.stderr)
+        return []
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer, results, index = None, [], 0
+    with tqdm(total=total, desc=video.name, unit="frame", disable=quiet, file=sys.stderr) as bar:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                detections = detector.predict(rgb, conf=conf)
+                results.append({"video": str(video), "frame": index, "time_s": round(index / fps, 3), "detections": detections})
+                if annotated is not None:
+                    if writer is None:
+                        annotated.parent.mkdir(parents=True, exist_ok=True)
+                        writer = cv2.VideoWriter(str(annotated), cv2.VideoWriter_fourcc(*"mp4v"), fps / every, (frame.shape[1], frame.shape[0]))
+                    writer.write(cv2.cvtColor(draw_detections(rgb, detections), cv2.COLOR_RGB2BGR))
+            index += 1
+            bar.update()
+    capture.release()
+    if writer is not None:
+        writer.release()
+    return results
+
+def predict_command(args: argparse.Namespace) -> None:
+    "Detect faces and masks in images, folders and videos."
+    from PIL import Image
+    from tqdm import tqdm
+
+    from maskdet.inference import Detector, as_rgb, draw_detections
+    setup_runtime()
     try:
-        detector = Detector(model)
-    except FileNotFoundError as error:
+        detector = Detector(args.model, args.backend)
+    except (FileNotFoundError, ValueError, ImportError) as error:
         raise UserError(str(error)) from None
-    files = image_inputs(args.images)
+    files = media_inputs(args.images)
+    target = Path(args.save_annotated) if args.save_annotated else None
+    images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]
     results = []
-    for file in tqdm(files, desc="images", unit="image", disable=len(files) < 2 or args.json, file=sys.stderr):
+    for file in tqdm(images, desc="images", unit="image", disable=len(images) < 2 or args.json, file=sys.stderr):
         try:
             image = as_rgb(file)
-        except OSError as error:
+        except (OSError, SyntaxError, ValueError) as error:
             print(f"{file}: skipped, not a readable image ({error})", file=sys.stderr)
             continue
         detections = detector.predict(image, conf=args.conf)
         results.append({"image": str(file), "detections": detections})
-        if args.save_annotated:
-            draw_detections(image, detections, Path(args.save_annotated) / f"{file.stem}.png")
+        if target is not None:
+            target.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(draw_detections(image, detections)).save(target / f"{file.stem}.png")
+    for video in (f for f in files if f.suffix.lower() in VIDEO_SUFFIXES):
+        results += predict_video(detector, video, args.conf, args.every, target / f"{video.stem}.mp4" if target else None, args.json)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for result in results:
+            where = result.get("image") or f"{result['video']}#{result['frame']}"
             for d in result["detections"]:
-                print(f"{result['image']}\t{d['label']}\t{d['confidence']:.3f}\t{' '.join(f'{v:.0f}' for v in d['box'])}")
+                print(f"{where}\t{d['label']}\t{d['confidence']:.3f}\t{' '.join(f'{v:.0f}' for v in d['box'])}")
+
+# %% ../nbs/10_cli.ipynb #9dd67924
+def serve_command(args: argparse.Namespace) -> None:
+    "Run the API until interrupted."
+    from dataclasses import replace
+
+    from maskdet.api import serve
+    from maskdet.core import Settings
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    chosen = {k: v for k, v in {"host": args.host, "port": args.port, "model": args.model, "backend": args.backend}.items() if v is not None}
+    settings = replace(settings, **chosen)
+    try:
+        from maskdet.inference import find_model, pick_backend
+        pick_backend(find_model(settings.model), settings.backend)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        raise UserError(str(error)) from None
+    serve(settings)
+
+def dashboard_command(args: argparse.Namespace) -> None:
+    "Serve the Voila dashboards of `nbs/dashboards/` (live webcam detection; monitoring and drift) until interrupted."
+    import os
+    import shutil
+    from maskdet.core import project_paths
+    folder = project_paths().root / "nbs" / "dashboards"
+    require(folder, "the dashboard notebooks", "run `maskdet dashboard` in a maskdet checkout (set MASKDET_ROOT to it)")
+    voila = shutil.which("voila", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if voila is None:
+        raise UserError("Voila is not installed: pip install -e '.[dashboard]'")
+    url = f"http://{args.host}:{args.port}/voila/render"
+    print(f"maskdet dashboards: {url}/webcam.ipynb (live detection), {url}/monitor.ipynb (monitoring and drift)", flush=True)
+    # The `maskdet` Voila template (nbs/dashboards/.jupyter): Voila's lab template without its CDN links, so the pages work offline.
+    data = os.pathsep.join(filter(None, (str(folder / ".jupyter"), os.environ.get("JUPYTER_PATH"))))
+    os.execve(voila, [voila, str(folder), "--no-browser", f"--port={args.port}", "--Voila.port_retries=0", f"--Voila.ip={args.host}",
+                      "--template=maskdet", "--VoilaConfiguration.show_tracebacks=False",
+                      # a page closed without its kernel's shutdown leaves the kernel idle: culled after 10 min
+                      "--MappingKernelManager.cull_idle_timeout=600", "--MappingKernelManager.cull_interval=60"],
+              os.environ | {"JUPYTER_PATH": data})
 
 # %% ../nbs/10_cli.ipynb #94dc1b5f
 def tune_command(args: argparse.Namespace) -> None:
@@ -198,6 +269,27 @@ def tune_command(args: argparse.Namespace) -> None:
     results = tune_classifier(paths, params, paths.processed, paths.models / "best.pt")
     print(results.to_markdown(index=False, floatfmt=".4f"))
 
+# %% ../nbs/10_cli.ipynb #f7249fb3
+def drift_command(args: argparse.Namespace) -> None:
+    "Check the current window for data drift against the training data; exit 1 on drift with --fail-on-drift."
+    paths = setup_runtime(log_style="json", log_name="drift")
+    require(paths.processed / "manifest.csv", "the prepared data set (the drift reference)",
+            "run `maskdet prepare` (or `dvc repro prepare`) first.")
+    if args.current is None and args.since is None:
+        run_stage("drift", paths)
+        decision = json.loads((paths.reports / "drift.json").read_text())
+    else:
+        from maskdet.monitoring import drift_check
+        if args.current is not None and not Path(args.current).is_dir():
+            raise UserError(f"{args.current} is not a folder: name a folder of images with --current.")
+        try:
+            decision = drift_check(paths, current=args.current, since=args.since).to_dict()
+        except ValueError as error:
+            raise UserError(str(error)) from None
+    print(f"{decision['message']}; report: {decision['files'].get('html', decision['files']['decision'])}")
+    if args.fail_on_drift and decision["drift"]:
+        raise SystemExit(1)
+
 # %% ../nbs/10_cli.ipynb #2a5837bb
 def build_parser() -> argparse.ArgumentParser:
     "The `maskdet` argument parser with all subcommands."
@@ -209,17 +301,37 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("train", help="fine-tune the face detector and train the mask classifier (pipeline stage)").set_defaults(func=train_command)
     commands.add_parser("evaluate", help="score the model on the test split (pipeline stage)").set_defaults(func=evaluate_command)
     commands.add_parser("register", help="register the model in MLflow and apply the promotion gate (pipeline stage)").set_defaults(func=register_command)
-    commands.add_parser("export", help="export models/best.pt to ONNX (pipeline stage)").set_defaults(func=export_command)
-    predict = commands.add_parser("predict", help="detect faces and masks in images or folders")
-    predict.add_argument("images", nargs="+", help="image files or folders")
-    predict.add_argument("--model", help="best.pt, model.onnx or models:/maskdet@champion (default: models/model.onnx, else best.pt)")
+    commands.add_parser("export", help="export models/best.pt to ONNX, OpenVINO and INT8 (pipeline stage)").set_defaults(func=export_command)
+    predict = commands.add_parser("predict", help="detect faces and masks in images, folders or videos")
+    predict.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|VIDEO", help="image files, folders of images, video files")
+    predict.add_argument("--model", default="models",
+                         help="a folder (its fastest model; default: models), best.pt, model.onnx, model.xml or models:/maskdet@champion")
+    predict.add_argument("--backend", default="auto", choices=("auto", "openvino", "onnxruntime", "torch"))
+    predict.add_argument("--every", type=int, default=1, help="in videos, predict every N-th frame")
     predict.add_argument("--json", action="store_true", help="print JSON instead of one line per face")
     predict.add_argument("--conf", type=float, help="one confidence threshold for all classes (default: the model's per-class ones)")
     predict.add_argument("--save-annotated", metavar="DIR", help="write each image with its detections drawn to DIR")
     predict.set_defaults(func=predict_command)
+    serve = commands.add_parser("serve", help="run the HTTP API (settings: MASKDET_* environment variables)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--model", help="model file, folder or registry URI (default: models)")
+    serve.add_argument("--backend", choices=("auto", "openvino", "onnxruntime", "torch"))
+    serve.set_defaults(func=serve_command)
+    dashboard = commands.add_parser("dashboard", help="serve the Voila dashboards: live webcam detection, monitoring and drift")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8866, help="port (default 8866)")
+    dashboard.set_defaults(func=dashboard_command)
     tune = commands.add_parser("tune", help="random search over the classifier's hyperparameters, one MLflow run per trial")
     tune.add_argument("--trials", type=int, help="number of trials (default: tune.trials in params.yaml)")
     tune.set_defaults(func=tune_command)
+    drift = commands.add_parser("drift", help="check the prediction log (or a folder) for data drift against the training data")
+    window = drift.add_mutually_exclusive_group()
+    window.add_argument("--current", metavar="FOLDER", help="check the images in FOLDER instead of the prediction log")
+    window.add_argument("--since", metavar="TIME",
+                        help="check the log from TIME: ISO time or a duration back from now (90m, 6h, 7d); default: the last drift.window_hours")
+    drift.add_argument("--fail-on-drift", action="store_true", help="exit with status 1 when the data drifted")
+    drift.set_defaults(func=drift_command)
     return parser
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@ project, on 60 real photos with short trainings, then the promotion gate refusin
 
 Real DVC, papermill, ultralytics training, MLflow tracking and registry; only the sizes are small.
 """
+
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -15,9 +17,14 @@ from maskdet.data import sample_voc
 
 QUICK = {
     "model.detector_imgsz": 320,
-    "train.detector.epochs": 1, "train.detector.imgsz": 320, "train.detector.batch": 8,
-    "train.classifier.epochs": 2, "train.calibration_images": 10,
+    "train.detector.epochs": 1,
+    "train.detector.imgsz": 320,
+    "train.detector.batch": 8,
+    "train.classifier.epochs": 2,
+    "train.calibration_images": 10,
     "evaluate.latency_runs": 3,
+    "export.int8_calibration_images": 20,
+    "export.latency_runs": 3,
 }
 
 
@@ -52,7 +59,11 @@ def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
     shown = run([BIN / "dvc", "metrics", "show", "--json"], copy).stdout
     assert "mAP50" in shown
     again = run([BIN / "dvc", "repro"], copy)
-    assert "Running stage" not in again.stdout and again.stdout.count("didn't change, skipping") == 5
+    # drift reads the live prediction log, so it always runs (always_changed: true); nothing else does
+    assert re.findall(r"Running stage '(\w+)'", again.stdout) == ["drift"]
+    assert again.stdout.count("didn't change, skipping") == 5
+    drift = json.loads((copy / "reports" / "drift.json").read_text())
+    assert drift["status"] == "not enough data" and not drift["drift"] and drift["alerts"] == []
 
 
 def test_one_training_is_one_mlflow_run_with_everything(pipeline):
@@ -110,5 +121,35 @@ def test_predict_on_real_photos_with_the_exported_model(pipeline, inputs, tmp_pa
     assert all(d["label"] in CLASSES and len(d["box"]) == 4 for r in results for d in r["detections"])
     assert "broken.png: skipped" in done.stderr
     assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["maksssksksss0.png", "maksssksksss1.png"]
+    export = json.loads((copy / "reports" / "export.json").read_text())
+    assert {"torch (best.pt)", "onnxruntime fp32", "openvino fp32", "openvino int8"} <= set(export["variants"])
+    assert (copy / export["served"]).is_file()
     missing = run([BIN / "maskdet", "predict", tmp_path / "nothing.png"], copy, check=False)
     assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_predict_on_a_video_made_of_real_photos(pipeline, inputs, tmp_path):
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    copy, _ = pipeline
+    frames = [
+        np.asarray(Image.open(inputs["dataset"] / "images" / n).convert("RGB").resize((512, 384)))
+        for n in ("maksssksksss0.png", "maksssksksss1.png")
+    ]
+    video = tmp_path / "entrance.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (512, 384))
+    for frame in frames * 3:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    done = run(
+        [BIN / "maskdet", "predict", video, "--json", "--every", "2", "--save-annotated", tmp_path / "drawn"], copy
+    )
+    results = json.loads(done.stdout)
+    assert [r["frame"] for r in results] == [0, 2, 4] and [r["time_s"] for r in results] == [0.0, 0.4, 0.8]
+    assert all(len(r["detections"]) >= 1 for r in results)
+    annotated = cv2.VideoCapture(str(tmp_path / "drawn" / "entrance.mp4"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    progress = run([BIN / "maskdet", "predict", video], copy)
+    assert "entrance.mp4: 100%" in progress.stderr and "frame" in progress.stderr
