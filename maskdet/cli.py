@@ -18,7 +18,7 @@ from .core import ProjectPaths, cpu_threads, load_params, setup_runtime
 __all__ = ['PACKAGES', 'STAGE_SECTIONS', 'IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'package_version', 'runtime_info', 'info_command',
            'UserError', 'run_stage', 'prepare_command', 'require', 'train_command', 'evaluate_command',
            'register_command', 'export_command', 'media_inputs', 'predict_video', 'predict_command', 'serve_command',
-           'dashboard_command', 'tune_command', 'drift_command', 'build_parser', 'main']
+           'dashboard_command', 'launch_command', 'tune_command', 'drift_command', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #b1f86f3c
 PACKAGES = ("torch", "ultralytics", "onnxruntime", "openvino", "mlflow", "dvc", "evidently", "fastapi", "voila")
@@ -257,6 +257,17 @@ def dashboard_command(args: argparse.Namespace) -> None:
                       "--MappingKernelManager.cull_idle_timeout=600", "--MappingKernelManager.cull_interval=60"],
               os.environ | {"JUPYTER_PATH": data})
 
+# %% ../nbs/10_cli.ipynb #0b2f291c
+def launch_command(args: argparse.Namespace) -> None:
+    "Run the MLflow UI, the API and the dashboards until interrupted; exit 1 when one of them fails."
+    from maskdet.launch import launch
+    try:
+        status = launch(args.host, args.mlflow_port, args.api_port, args.dashboard_port, args.timeout)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from None
+    if status:
+        raise SystemExit(status)
+
 # %% ../nbs/10_cli.ipynb #94dc1b5f
 def tune_command(args: argparse.Namespace) -> None:
     "Run the classifier's hyperparameter search."
@@ -322,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dashboard.add_argument("--port", type=int, default=8866, help="port (default 8866)")
     dashboard.set_defaults(func=dashboard_command)
+    launch = commands.add_parser("launch", help="run the MLflow UI, the API and the dashboards together until Ctrl-C")
+    launch.add_argument("--host", default="127.0.0.1", help="address every service listens on (default 127.0.0.1)")
+    launch.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000)")
+    launch.add_argument("--api-port", type=int, default=8000, help="API port (default 8000)")
+    launch.add_argument("--dashboard-port", type=int, default=8866, help="dashboards port (default 8866)")
+    launch.add_argument("--timeout", type=float, default=120.0, help="seconds each service has to become healthy (default 120)")
+    launch.set_defaults(func=launch_command)
     tune = commands.add_parser("tune", help="random search over the classifier's hyperparameters, one MLflow run per trial")
     tune.add_argument("--trials", type=int, help="number of trials (default: tune.trials in params.yaml)")
     tune.set_defaults(func=tune_command)

@@ -1,6 +1,7 @@
 """Shared fixtures: the project under test, its real inputs, and fresh copies of it to run stages in."""
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,38 @@ def inputs(project):
     missing = [f"{name}: {path}" for name, path in found.items() if not path.exists()]
     assert not missing, f"inputs named in params.yaml are missing: {missing}"
     return found
+
+
+@pytest.fixture(scope="session")
+def model(project, inputs, tmp_path_factory):
+    """A model folder made from the starting face detector (and an untrained mask classifier), exported to ONNX and
+    OpenVINO as the export stage does: real faces, real backends, no training needed."""
+    from maskdet.inference import export_onnx, export_openvino
+    from maskdet.model import MaskClassifier, default_config, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("model")
+    weights = inputs["weights"]
+    checkpoint = save_checkpoint(
+        weights, MaskClassifier.from_yolo(weights), default_config(load_params("model", project)), folder / "best.pt"
+    )
+    export_openvino(export_onnx(checkpoint, folder), folder / "openvino" / "fp32")
+    return folder
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dashboard_root(project, target):
+    """A project folder to serve (dashboards, `maskdet launch`): params.yaml, the dashboards, its own reports/."""
+    (target / "nbs").mkdir(parents=True)
+    shutil.copy2(project.params, target / "params.yaml")
+    shutil.copytree(project.root / "nbs" / "dashboards", target / "nbs" / "dashboards")
+    (target / "reports").mkdir()
+    return target
 
 
 def run(cmd, cwd, check=True, timeout=900):

@@ -1,12 +1,11 @@
 """The HTTP API as a client sees it: a real `maskdet serve` (uvicorn) on a free 127.0.0.1 port.
 
-The model is made from the starting face detector (and an untrained mask classifier), exported to
-ONNX and OpenVINO as the export stage does: real faces, real backends, no training needed.
+The model (the `model` fixture of conftest.py) is made from the starting face detector and an untrained mask
+classifier, exported to ONNX and OpenVINO as the export stage does: real faces, real backends, no training needed.
 """
 
 import io
 import os
-import socket
 import struct
 import subprocess
 import time
@@ -15,21 +14,14 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-from conftest import BIN
+from conftest import BIN, free_port
 from PIL import Image
 
-from maskdet.core import CLASSES, load_params
-from maskdet.inference import Detector, as_rgb, export_onnx, export_openvino
-from maskdet.model import MaskClassifier, default_config, save_checkpoint
+from maskdet.core import CLASSES
+from maskdet.inference import Detector, as_rgb
 from maskdet.predictions import PredictionLog
 
 PHOTOS = ("maksssksksss0.png", "maksssksksss1.png", "maksssksksss4.png")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def encoded(image, fmt, **options):
@@ -40,17 +32,6 @@ def encoded(image, fmt, **options):
 
 def png_chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-@pytest.fixture(scope="module")
-def model(project, inputs, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    weights = inputs["weights"]
-    checkpoint = save_checkpoint(
-        weights, MaskClassifier.from_yolo(weights), default_config(load_params("model", project)), folder / "best.pt"
-    )
-    export_openvino(export_onnx(checkpoint, folder), folder / "openvino" / "fp32")
-    return folder
 
 
 @pytest.fixture(scope="module")

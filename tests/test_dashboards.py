@@ -1,13 +1,12 @@
 """The Voila dashboards in a real browser: `maskdet dashboard` on a free port, driven by Playwright (Debian's Chromium).
 
-The model is made from the starting face detector (as in test_api.py); the prediction log is filled with real
-predictions of data set photos; Chromium's fake camera plays a clip made of data set photos. Screenshots and the
-measured figures (first render times, webcam round trip and frames per second) go to test-artifacts/.
+The model is made from the starting face detector (the `model` fixture of conftest.py); the prediction log is filled
+with real predictions of data set photos; Chromium's fake camera plays a clip made of data set photos. Screenshots and
+the measured figures (first render times, webcam round trip and frames per second) go to test-artifacts/.
 """
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -15,11 +14,10 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import BIN
+from conftest import BIN, dashboard_root, free_port
 
 from maskdet.core import load_params
-from maskdet.inference import Detector, as_rgb, export_onnx, export_openvino
-from maskdet.model import MaskClassifier, default_config, save_checkpoint
+from maskdet.inference import Detector, as_rgb
 from maskdet.monitoring import drift_decision, folder_features, write_decision
 from maskdet.predictions import PredictionLog
 
@@ -35,12 +33,6 @@ FIGURES = {}
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is missing: run `make browser`")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def y4m_clip(images, path, size=(640, 480), frames_each=5):
     """A YUV4MPEG2 4:2:0 clip (5 frames/s) of `images`, each for `frames_each` frames, for Chromium's fake camera."""
     width, height = size
@@ -52,26 +44,6 @@ def y4m_clip(images, path, size=(640, 480), frames_each=5):
             for _ in range(frames_each):
                 out.write(b"FRAME\n" + planar)
     return path
-
-
-@pytest.fixture(scope="module")
-def model(project, inputs, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    weights = inputs["weights"]
-    checkpoint = save_checkpoint(
-        weights, MaskClassifier.from_yolo(weights), default_config(load_params("model", project)), folder / "best.pt"
-    )
-    export_openvino(export_onnx(checkpoint, folder), folder / "openvino" / "fp32")
-    return folder
-
-
-def dashboard_root(project, target):
-    """A project folder for the server: params.yaml and the dashboard notebooks, its own reports/."""
-    (target / "nbs").mkdir(parents=True)
-    shutil.copy2(project.params, target / "params.yaml")
-    shutil.copytree(project.root / "nbs" / "dashboards", target / "nbs" / "dashboards")
-    (target / "reports").mkdir()
-    return target
 
 
 @pytest.fixture(scope="module")
