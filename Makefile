@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install browser pipeline test test-notebooks test-pytest lab dashboard lint format clean
+.PHONY: install browser pipeline test test-notebooks test-pytest lab dashboard lint format clean \
+	docker-tools docker-build docker-up docker-down test-docker
 
 install: $(STAMP)
 
@@ -25,7 +26,7 @@ $(STAMP): setup.py settings.ini
 pipeline: install
 	$(BIN)/dvc repro
 
-test: test-notebooks test-pytest
+test: test-notebooks test-pytest test-docker
 
 test-notebooks: install
 	$(BIN)/nbdev_test --do_print --timing
@@ -37,7 +38,34 @@ browser:
 
 # pytest exits 5 when it collects no test: not an error here.
 test-pytest: install browser
-	$(BIN)/pytest tests/ || [ $$? -eq 5 ]
+	$(BIN)/pytest tests/ --ignore=tests/docker || [ $$? -eq 5 ]
+
+# Docker: Debian's engine, compose and debootstrap (for the base image when no registry can supply it).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+docker-tools:
+	command -v dockerd >/dev/null && command -v debootstrap >/dev/null && \
+	  ( docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null ) || \
+	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker.io docker-compose debootstrap )
+
+# The stack of deployment/docker-compose.yml, serving models/ with data/ as the drift reference (a running
+# Docker daemon is needed: `sudo dockerd &` where none runs).
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+STACK := MASKDET_MODELS_DIR=$(abspath models) MASKDET_DATA_DIR=$(abspath data) $(COMPOSE) -p maskdet -f deployment/docker-compose.yml
+
+docker-build: docker-tools
+	deployment/build-base.sh
+	$(STACK) build
+
+docker-up: docker-build
+	$(STACK) up -d
+	@echo "API http://127.0.0.1:$${MASKDET_API_PORT:-8000}/docs  dashboards http://127.0.0.1:$${MASKDET_DASHBOARD_PORT:-8866}/  MLflow http://127.0.0.1:$${MASKDET_MLFLOW_PORT:-5000}/"
+
+docker-down:
+	$(STACK) down
+
+# Builds the images, starts the stack on free ports, checks it end to end, removes it (its own daemon if none runs).
+test-docker: install docker-tools
+	$(BIN)/pytest -s tests/docker
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs

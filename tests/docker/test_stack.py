@@ -1,0 +1,218 @@
+"""The Docker stack as a user runs it: `make test-docker`.
+
+The base image is built locally when missing (deployment/build-base.sh: no registry is reachable here), and a
+Docker daemon is started for the test when none runs (and stopped after it). The images are built from the
+repository, `compose up` starts the API, the dashboards, MLflow and the drift job on free 127.0.0.1 ports; the API
+serves the `model` fixture of conftest.py, the drift reference is 120 real photos prepared as the pipeline prepares
+them. Real photos go through the published API port; the dashboards and MLflow must answer; the drift job must write
+its decision about the logged predictions into its volume. At the end `down -v` removes containers and volumes.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port
+
+from maskdet.core import load_params
+from maskdet.data import IMAGE_SUFFIXES, prepare_dataset, sample_voc
+from maskdet.inference import Detector
+
+STARTED_WITHIN_S = 300
+DRIFT_EVERY_S = 10
+LOGGED = 40  # photos sent through the API: more than the drift check's min_window
+
+
+def checked(command, check=True, timeout=600, env=None):
+    """Run `command`; with `check`, fail with its output unless it succeeds."""
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert done.returncode == 0, f"{' '.join(done.args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def docker(*args, check=True, timeout=600):
+    return checked(["docker", *args], check, timeout)
+
+
+def daemon_answers():
+    return shutil.which("docker") is not None and docker("info", check=False, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker_daemon(tmp_path_factory):
+    """A running Docker daemon: the one already there, else one started here (`dockerd`) and stopped afterwards."""
+    if daemon_answers():
+        yield
+        return
+    dockerd = shutil.which("dockerd")
+    assert dockerd, "no Docker daemon runs and dockerd is not installed: run `make docker-tools` (Debian's docker.io)"
+    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([dockerd], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not daemon_answers():
+        started = process.poll() is None and time.monotonic() < deadline
+        assert started, f"dockerd did not start:\n{log.read_text()[-3000:]}"
+        time.sleep(1)
+    yield
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def compose_command():
+    if docker("compose", "version", check=False).returncode == 0:
+        return ["docker", "compose"]
+    assert shutil.which("docker-compose"), "neither `docker compose` nor docker-compose: run `make docker-tools`"
+    return ["docker-compose"]
+
+
+def readable_by_all(folder):
+    """The containers run as an unprivileged user: let it read the mounted folder."""
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reference(project, inputs, tmp_path_factory):
+    """A data folder whose processed/ holds 120 real photos prepared and split as the pipeline does."""
+    data = tmp_path_factory.mktemp("data")
+    sample = sample_voc(inputs["dataset"], tmp_path_factory.mktemp("voc"), 120)
+    prepare_dataset(sample, data / "processed", load_params("prepare", project))
+    return readable_by_all(data)
+
+
+@pytest.fixture(scope="session")
+def photos(inputs):
+    """Real photos of the data set that the reference does not hold."""
+    files = sorted(p for p in (inputs["dataset"] / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return files[-LOGGED:]
+
+
+@pytest.fixture(scope="session")
+def stack(project, docker_daemon, model, reference):
+    """The compose stack, built and started: {'ports', 'compose', 'env'}; `down -v` when the tests are done."""
+    subprocess.run(["bash", project.root / "deployment" / "build-base.sh"], check=True, timeout=900)
+    ports = {"api": free_port(), "dashboard": free_port(), "mlflow": free_port()}
+    env = os.environ | {
+        "COMPOSE_PROJECT_NAME": f"maskdet-test-{os.getpid()}",
+        "MASKDET_MODELS_DIR": str(readable_by_all(model)), "MASKDET_DATA_DIR": str(reference),
+        "MASKDET_API_PORT": str(ports["api"]), "MASKDET_DASHBOARD_PORT": str(ports["dashboard"]),
+        "MASKDET_MLFLOW_PORT": str(ports["mlflow"]),
+        "MASKDET_DRIFT_EVERY": str(DRIFT_EVERY_S), "MASKDET_DRIFT_WINDOW": "1h",
+    }
+    compose = [*compose_command(), "-f", str(project.root / "deployment" / "docker-compose.yml")]
+
+    def run(*args, check=True):
+        return checked([*compose, *args], check, timeout=900, env=env)
+
+    started = time.monotonic()
+    run("build")
+    sizes = {name: int(docker("image", "inspect", "-f", "{{.Size}}", f"maskdet-{name}").stdout) / 1e6
+             for name in ("api", "dashboard", "mlflow")}
+    built = ", ".join(f"{name} {mb:.0f} MB" for name, mb in sizes.items())
+    print(f"images built in {time.monotonic() - started:.0f} s: {built}")
+    try:
+        run("up", "-d")
+        yield {"ports": ports, "run": run, "project": env["COMPOSE_PROJECT_NAME"]}
+    finally:
+        print(run("logs", "--no-color", "--tail", "30", check=False).stdout[-6000:])
+        run("down", "-v", "--remove-orphans", check=False)
+
+
+def wait_for(check, what, timeout=STARTED_WITHIN_S):
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if found := check():
+                return found
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(2)
+    pytest.fail(f"{what}: not within {timeout} s")
+
+
+def health(stack, service):
+    """The health state Docker reports for the container of `service`."""
+    container = stack["run"]("ps", "-q", service).stdout.strip()
+    if not container:
+        return "no container"
+    return docker("inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()
+
+
+@pytest.mark.parametrize("service", ["api", "dashboard", "mlflow"])
+def test_the_services_become_healthy(stack, service):
+    wait_for(lambda: health(stack, service) == "healthy", f"{service} healthy")
+
+
+def upload(photo):
+    return photo.name, photo.read_bytes(), "image/png"
+
+
+def test_the_api_detects_faces_in_a_real_photo_through_its_published_port(stack, model, photos):
+    url = f"http://127.0.0.1:{stack['ports']['api']}"
+    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health")
+    expected = Detector(model).predict(photos[0])
+    answer = httpx.post(f"{url}/predict", files={"file": upload(photos[0])}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    found = answer.json()["detections"]
+    assert found, "no face found in a photo with faces"
+    assert [d["label"] for d in found] == [d["label"] for d in expected]
+    assert np.abs(np.array([d["box"] for d in found]) - np.array([d["box"] for d in expected])).max() <= 1.0
+    assert answer.json()["model"]["backend"] == "openvino"
+
+
+def test_a_batch_through_the_api_is_logged_and_checked_for_drift(stack, photos):
+    url = f"http://127.0.0.1:{stack['ports']['api']}"
+    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health")
+    for start in range(0, len(photos), 10):
+        chunk = photos[start:start + 10]
+        answer = httpx.post(f"{url}/predict/batch", files=[("files", upload(p)) for p in chunk], timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["results"]) == len(chunk)
+
+    def decision():
+        done = stack["run"]("exec", "-T", "drift", "cat", "/app/reports/drift.json", check=False)
+        if done.returncode:
+            return None
+        found = json.loads(done.stdout)
+        return found if found["window"].get("images", 0) >= len(photos) else None
+
+    found = wait_for(decision, "a drift decision over the logged photos", timeout=DRIFT_EVERY_S * 6 + 120)
+    assert found["status"] in ("drift", "no drift"), found["message"]
+    assert found["window"]["reference_images"] > 0
+    report = stack["run"]("exec", "-T", "drift", "ls", "/app/reports/drift", check=False).stdout.split()
+    assert "report.html" in report, report
+
+
+def test_the_dashboards_answer(stack):
+    url = f"http://127.0.0.1:{stack['ports']['dashboard']}"
+    wait_for(lambda: httpx.get(f"{url}/").status_code == 200, "the dashboards' index")
+    for page in ("monitor.ipynb", "webcam.ipynb"):
+        answer = httpx.get(f"{url}/voila/render/{page}", timeout=120)
+        assert answer.status_code == 200, (page, answer.status_code)
+
+
+def test_mlflow_answers_and_keeps_a_registry(stack):
+    url = f"http://127.0.0.1:{stack['ports']['mlflow']}"
+    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "MLflow's /health")
+    assert httpx.get(f"{url}/").status_code == 200
+    created = httpx.post(f"{url}/api/2.0/mlflow/registered-models/create", json={"name": "maskdet"})
+    assert created.status_code == 200, created.text
+    listed = httpx.get(f"{url}/api/2.0/mlflow/registered-models/search").json()
+    assert [m["name"] for m in listed["registered_models"]] == ["maskdet"]
+
+
+def test_the_api_image_holds_no_torch_and_stays_under_1_gb(stack):
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", "maskdet-api").stdout)
+    assert size <= 1e9, f"maskdet-api is {size / 1e6:.0f} MB"
+    found = docker("run", "--rm", "--entrypoint", "python3", "maskdet-api", "-c",
+                   "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('ultralytics'))").stdout
+    assert found.split() == ["None", "None"], found
