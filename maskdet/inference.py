@@ -135,6 +135,7 @@ def onnxruntime_runner(path: Path, threads: int | None = None, precision: str = 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or cpu_threads()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads would spin on the cores OpenVINO needs
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     convert = as_tensor if images else np.asarray
