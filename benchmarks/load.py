@@ -1,6 +1,6 @@
 """Load on the HTTP API: concurrent clients sending real images to a real `maskdet serve` on 127.0.0.1.
 
-Usage: .venv/bin/python benchmarks/load.py [--requests 2000] [--clients 4] [--batch 8] [--model models]
+Usage: .venv/bin/python benchmarks/load.py [--requests 2000] [--clients 4] [--batch 16] [--model models]
 
 Starts the API (uvicorn) on a free loopback port with a fresh prediction log, warms it up, then runs
 two loads with the same clients and images in the same run: single-image requests to /predict, and
@@ -88,7 +88,7 @@ def main():
         "--requests", type=int, default=2000, help="single-image requests (the batch load sends as many images)"
     )
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16, help="images per batch request (default: MASKDET_MAX_BATCH)")
     parser.add_argument("--model", default="models")
     args = parser.parse_args()
     paths = project_paths()
