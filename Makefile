@@ -65,7 +65,7 @@ docker-down:
 
 # Builds the images, starts the stack on free ports, checks it end to end, removes it (its own daemon if none runs).
 test-docker: install docker-tools
-	$(BIN)/pytest -s tests/docker
+	$(BIN)/pytest -s -rs tests/docker
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs
