@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
+# apt-get needs root: through sudo unless make runs as root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: install browser pipeline test test-notebooks test-pytest lab dashboard lint format clean \
 	docker-tools docker-build docker-up docker-down test-docker
 
@@ -33,15 +36,14 @@ test-notebooks: install
 
 # Debian's Chromium for the browser tests (Playwright drives it; never `playwright install`).
 browser:
-	command -v chromium >/dev/null || ( $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium )
+	command -v chromium >/dev/null || ( $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium )
 
 # pytest exits 5 when it collects no test: not an error here.
 test-pytest: install browser
 	$(BIN)/pytest tests/ --ignore=tests/docker || [ $$? -eq 5 ]
 
 # Docker: Debian's engine, compose and debootstrap (for the base image when no registry can supply it).
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 docker-tools:
 	command -v dockerd >/dev/null && command -v debootstrap >/dev/null && \
 	  ( docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null ) || \
@@ -49,8 +51,8 @@ docker-tools:
 
 # The stack of deployment/docker-compose.yml, serving models/ with data/ as the drift reference (a running
 # Docker daemon is needed: `sudo dockerd &` where none runs).
-COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
-STACK := MASKDET_MODELS_DIR=$(abspath models) MASKDET_DATA_DIR=$(abspath data) $(COMPOSE) -p maskdet -f deployment/docker-compose.yml
+COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+STACK = MASKDET_MODELS_DIR=$(abspath models) MASKDET_DATA_DIR=$(abspath data) $(COMPOSE) -p maskdet -f deployment/docker-compose.yml
 
 docker-build: docker-tools
 	deployment/build-base.sh

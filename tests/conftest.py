@@ -61,9 +61,9 @@ def dashboard_root(project, target):
     return target
 
 
-def run(cmd, cwd, check=True, timeout=900):
-    """Run a command as a user of the venv would (its bin/ first on PATH)."""
-    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+def run(cmd, cwd, check=True, timeout=900, extra_env=None):
+    """Run a command as a user of the venv would (its bin/ first on PATH), with `extra_env` added to the environment."""
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"} | (extra_env or {})
     for key in ("MASKDET_ROOT", "MLFLOW_TRACKING_URI", "YOLO_CONFIG_DIR", "MLFLOW_EXPERIMENT_NAME",
                 "MLFLOW_KEEP_RUN_ACTIVE", "PYTEST_CURRENT_TEST"):
         env.pop(key, None)

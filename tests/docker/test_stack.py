@@ -15,11 +15,12 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, run
 
 from maskdet.core import load_params
 from maskdet.data import IMAGE_SUFFIXES, prepare_dataset, sample_voc
@@ -28,18 +29,11 @@ from maskdet.inference import Detector
 STARTED_WITHIN_S = 300
 DRIFT_EVERY_S = 10
 LOGGED = 40  # photos sent through the API: more than the drift check's min_window
-
-
-def checked(command, check=True, timeout=600, env=None):
-    """Run `command`; with `check`, fail with its output unless it succeeds."""
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout, env=env)
-    if check:
-        assert done.returncode == 0, f"{' '.join(done.args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def docker(*args, check=True, timeout=600):
-    return checked(["docker", *args], check, timeout)
+    return run(["docker", *args], ROOT, check, timeout)
 
 
 def daemon_answers():
@@ -100,33 +94,33 @@ def photos(inputs):
 
 @pytest.fixture(scope="session")
 def stack(project, docker_daemon, model, reference):
-    """The compose stack, built and started: {'ports', 'compose', 'env'}; `down -v` when the tests are done."""
-    subprocess.run(["bash", project.root / "deployment" / "build-base.sh"], check=True, timeout=900)
+    """The compose stack, built and started: {'ports', 'compose'}; `down -v` when the tests are done."""
+    run(["bash", project.root / "deployment" / "build-base.sh"], project.root)
     ports = {"api": free_port(), "dashboard": free_port(), "mlflow": free_port()}
-    env = os.environ | {
+    env = {
         "COMPOSE_PROJECT_NAME": f"maskdet-test-{os.getpid()}",
         "MASKDET_MODELS_DIR": str(readable_by_all(model)), "MASKDET_DATA_DIR": str(reference),
         "MASKDET_API_PORT": str(ports["api"]), "MASKDET_DASHBOARD_PORT": str(ports["dashboard"]),
         "MASKDET_MLFLOW_PORT": str(ports["mlflow"]),
         "MASKDET_DRIFT_EVERY": str(DRIFT_EVERY_S), "MASKDET_DRIFT_WINDOW": "1h",
     }
-    compose = [*compose_command(), "-f", str(project.root / "deployment" / "docker-compose.yml")]
+    command = [*compose_command(), "-f", project.root / "deployment" / "docker-compose.yml"]
 
-    def run(*args, check=True):
-        return checked([*compose, *args], check, timeout=900, env=env)
+    def compose(*args, check=True):
+        return run([*command, *args], project.root, check, extra_env=env)
 
     started = time.monotonic()
-    run("build")
+    compose("build")
     sizes = {name: int(docker("image", "inspect", "-f", "{{.Size}}", f"maskdet-{name}").stdout) / 1e6
              for name in ("api", "dashboard", "mlflow")}
     built = ", ".join(f"{name} {mb:.0f} MB" for name, mb in sizes.items())
     print(f"images built in {time.monotonic() - started:.0f} s: {built}")
     try:
-        run("up", "-d")
-        yield {"ports": ports, "run": run, "project": env["COMPOSE_PROJECT_NAME"]}
+        compose("up", "-d")
+        yield {"ports": ports, "compose": compose}
     finally:
-        print(run("logs", "--no-color", "--tail", "30", check=False).stdout[-6000:])
-        run("down", "-v", "--remove-orphans", check=False)
+        print(compose("logs", "--no-color", "--tail", "30", check=False).stdout[-6000:])
+        compose("down", "-v", "--remove-orphans", check=False)
 
 
 def wait_for(check, what, timeout=STARTED_WITHIN_S):
@@ -144,7 +138,7 @@ def wait_for(check, what, timeout=STARTED_WITHIN_S):
 
 def health(stack, service):
     """The health state Docker reports for the container of `service`."""
-    container = stack["run"]("ps", "-q", service).stdout.strip()
+    container = stack["compose"]("ps", "-q", service).stdout.strip()
     if not container:
         return "no container"
     return docker("inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()
@@ -182,7 +176,7 @@ def test_a_batch_through_the_api_is_logged_and_checked_for_drift(stack, photos):
         assert len(answer.json()["results"]) == len(chunk)
 
     def decision():
-        done = stack["run"]("exec", "-T", "drift", "cat", "/app/reports/drift.json", check=False)
+        done = stack["compose"]("exec", "-T", "drift", "cat", "/app/reports/drift.json", check=False)
         if done.returncode:
             return None
         found = json.loads(done.stdout)
@@ -191,7 +185,7 @@ def test_a_batch_through_the_api_is_logged_and_checked_for_drift(stack, photos):
     found = wait_for(decision, "a drift decision over the logged photos", timeout=DRIFT_EVERY_S * 6 + 120)
     assert found["status"] in ("drift", "no drift"), found["message"]
     assert found["window"]["reference_images"] > 0
-    report = stack["run"]("exec", "-T", "drift", "ls", "/app/reports/drift", check=False).stdout.split()
+    report = stack["compose"]("exec", "-T", "drift", "ls", "/app/reports/drift", check=False).stdout.split()
     assert "report.html" in report, report
 
 
