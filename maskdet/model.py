@@ -17,10 +17,20 @@ from .core import CLASSES
 from .faces import apply_box_calibration, crop_faces, labelled, thresholded
 
 # %% auto #0
-__all__ = ['MODEL_KEY', 'MaskClassifier', 'MaskDetector', 'save_checkpoint', 'default_config']
+__all__ = ['MODEL_KEY', 'CropClassifier', 'MaskClassifier', 'ClassifierEnsemble', 'MaskDetector', 'save_checkpoint',
+           'default_config']
 
 # %% ../nbs/02_model.ipynb #6caa76c3
-class MaskClassifier(nn.Module):
+class CropClassifier(nn.Module):
+    "A module mapping face crops (N, 3, size, size) to class scores (N, 3), softmax giving the probabilities."
+    @torch.no_grad()
+    def probabilities(self, crops: np.ndarray, batch: int = 256) -> np.ndarray:
+        "Class probabilities (N, 3) of face crops from `crop_faces`."
+        self.eval()
+        parts = [F.softmax(self(torch.from_numpy(crops[i:i + batch])), dim=1).numpy() for i in range(0, len(crops), batch)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(CLASSES)), np.float32)
+
+class MaskClassifier(CropClassifier):
     "Three-class face classifier: a YOLOv8 backbone, global average pooling, dropout and a linear head."
     def __init__(self, backbone: nn.Module, channels: int, dropout: float = 0.2):
         super().__init__()
@@ -42,12 +52,17 @@ class MaskClassifier(nn.Module):
             channels = backbone(torch.zeros(1, 3, 64, 64)).shape[1]
         return cls(backbone, channels, dropout)
 
-    @torch.no_grad()
-    def probabilities(self, crops: np.ndarray, batch: int = 256) -> np.ndarray:
-        "Class probabilities (N, 3) of face crops from `crop_faces`."
-        self.eval()
-        parts = [F.softmax(self(torch.from_numpy(crops[i:i + batch])), dim=1).numpy() for i in range(0, len(crops), batch)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(CLASSES)), np.float32)
+# %% ../nbs/02_model.ipynb #4f470bf8
+class ClassifierEnsemble(CropClassifier):
+    "Mask classifiers voting: the mean of their log-probabilities, over each crop and (`flip`) its mirror image."
+    def __init__(self, members: list[MaskClassifier], flip: bool = True):
+        super().__init__()
+        self.members, self.flip = nn.ModuleList(members), flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = torch.cat([x, x.flip(-1)]) if self.flip else x
+        scores = torch.stack([F.log_softmax(member(views), dim=1) for member in self.members]).mean(0)
+        return scores.reshape(2 if self.flip else 1, -1, scores.shape[-1]).mean(0)
 
 # %% ../nbs/02_model.ipynb #b756547f
 MODEL_KEY = "maskdet"
@@ -60,7 +75,7 @@ class MaskDetector:
         checkpoint = torch.load(self.path, map_location="cpu", weights_only=False)
         if MODEL_KEY not in checkpoint:
             raise ValueError(f"{self.path} is a plain YOLO checkpoint without a mask classifier: train one with `maskdet train`.")
-        self.classifier: MaskClassifier = checkpoint[MODEL_KEY]["classifier"].float().eval()
+        self.classifier: CropClassifier = checkpoint[MODEL_KEY]["classifier"].float().eval()
         self.config: dict = checkpoint[MODEL_KEY]["config"]
         self.detector = YOLO(self.path)
 
@@ -86,7 +101,7 @@ class MaskDetector:
         return thresholded(*self.scored(image), self.config["thresholds"], conf)
 
 # %% ../nbs/02_model.ipynb #50d526e9
-def save_checkpoint(detector_weights: Path | str, classifier: MaskClassifier, config: dict, target: Path | str) -> Path:
+def save_checkpoint(detector_weights: Path | str, classifier: CropClassifier, config: dict, target: Path | str) -> Path:
     "Write `best.pt`: the detector checkpoint from `detector_weights` plus the classifier and `config`."
     checkpoint = torch.load(detector_weights, map_location="cpu", weights_only=False)
     checkpoint[MODEL_KEY] = {"classifier": copy.deepcopy(classifier).cpu().eval(), "config": config, "classes": list(CLASSES)}

@@ -20,11 +20,12 @@ from .core import CLASSES, ProjectPaths, mlflow_experiment
 from .data import LabelledImage, load_split
 from .evaluate import Evaluation, box_iou, class_metrics
 from .faces import crop_faces, fit_box_calibration
-from .model import MaskClassifier, MaskDetector, default_config, save_checkpoint
+from .model import ClassifierEnsemble, CropClassifier, MaskClassifier, MaskDetector, default_config, save_checkpoint
 
 # %% auto #0
-__all__ = ['finetune_detector', 'FaceCrops', 'crop_accuracy', 'train_classifier', 'matched_boxes', 'evaluate_model',
-           'data_version', 'git_commit', 'flatten', 'environment', 'train_model', 'draw_trials', 'tune_classifier']
+__all__ = ['finetune_detector', 'FaceCrops', 'crop_accuracy', 'train_classifier', 'train_ensemble', 'matched_boxes',
+           'evaluate_model', 'data_version', 'git_commit', 'flatten', 'environment', 'train_model', 'draw_trials',
+           'tune_classifier']
 
 # %% ../nbs/02_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
@@ -78,7 +79,7 @@ class FaceCrops:
         return torch.from_numpy(np.stack(crops).astype(np.float32)), torch.from_numpy(self.labels[indices])
 
 # %% ../nbs/02_train.ipynb #801eb587
-def crop_accuracy(classifier: MaskClassifier, faces: FaceCrops) -> float:
+def crop_accuracy(classifier: CropClassifier, faces: FaceCrops) -> float:
     "Share of the annotated faces of `faces` the classifier labels right (centred crops)."
     if not len(faces.faces):
         return float("nan")
@@ -105,6 +106,14 @@ def train_classifier(train: FaceCrops, val: FaceCrops, backbone: Path, settings:
             losses.append(loss.item())
         log({"classifier/loss": float(np.mean(losses)), "classifier/val_accuracy": crop_accuracy(classifier, val)}, epoch)
     return classifier.eval()
+
+# %% ../nbs/02_train.ipynb #456ec01c
+def train_ensemble(train: FaceCrops, val: FaceCrops, backbone: Path, settings: dict, log=lambda metrics, step: None) -> ClassifierEnsemble:
+    "`settings['members']` mask classifiers from consecutive seeds, as one ensemble (`settings['flip']`: mirrored crops vote too)."
+    def member(m: int) -> MaskClassifier:
+        return train_classifier(train, val, backbone, settings | {"seed": settings["seed"] + m},
+                                log=lambda metrics, epoch: log(metrics, m * settings["epochs"] + epoch))
+    return ClassifierEnsemble([member(m) for m in range(settings["members"])], settings["flip"])
 
 # %% ../nbs/02_train.ipynb #ee92144c
 def matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple[np.ndarray, np.ndarray]:
@@ -188,8 +197,8 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
                                              train["detector"], params["augment"], paths.runs / "detector")
         images = {split: load_split(processed, split) for split in ("train", "val")}
         faces = {split: FaceCrops(images[split], model["crop_size"], model["margin"]) for split in images}
-        classifier = train_classifier(faces["train"], faces["val"], paths.resolve(train["backbone"]), train["classifier"],
-                                      log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
+        classifier = train_ensemble(faces["train"], faces["val"], paths.resolve(train["backbone"]), train["classifier"],
+                                    log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
         config = default_config(model)
         save_checkpoint(detector_weights, classifier, config, output)
         detector = MaskDetector(output)
