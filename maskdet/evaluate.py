@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .core import CLASSES
+from .faces import class_hypotheses, labelled
 
 # %% auto #0
 __all__ = ['IOU_THRESHOLDS', 'box_iou', 'match_detections', 'precision_recall', 'average_precision', 'Evaluation',
@@ -64,31 +65,35 @@ def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
 @dataclass
 class Evaluation:
     "Detections and annotated faces of a set of images, and the metrics computed from them."
-    tp: list = field(default_factory=list)
-    labels: list = field(default_factory=list)
-    scores: list = field(default_factory=list)
+    ranked: list = field(default_factory=list)  # per image: true-positive flags, labels, scores of the detections AP ranks
+    served: list = field(default_factory=list)  # the same for the reported detections (one label per face)
     true_labels: list = field(default_factory=list)
     confusion_pairs: list = field(default_factory=list)
     image_ids: list = field(default_factory=list)
 
-    def add(self, boxes, labels, scores, true_boxes, true_labels, image_id: str = "") -> None:
-        "Record one image's detections (boxes, labels, scores) and its annotated faces."
+    def add(self, boxes, labels, scores, true_boxes, true_labels, image_id: str = "", ranked: tuple | None = None) -> None:
+        "Record one image's detections (boxes, labels, scores) and its annotated faces; AP ranks `ranked` detections instead, if given."
+        def matched(boxes, labels, scores):
+            return match_detections(boxes, labels, scores, true_boxes, true_labels), np.asarray(labels, int), np.asarray(scores, float)
         self.image_ids.append(image_id)
-        self.tp.append(match_detections(boxes, labels, scores, true_boxes, true_labels))
-        self.labels.append(np.asarray(labels, int)); self.scores.append(np.asarray(scores, float))
+        self.served.append(matched(boxes, labels, scores))
+        self.ranked.append(matched(*ranked) if ranked is not None else self.served[-1])
         self.true_labels.append(np.asarray(true_labels, int))
         self.confusion_pairs.append((np.asarray(boxes, float).reshape(-1, 4), np.asarray(labels, int), np.asarray(scores, float),
                                      np.asarray(true_boxes, float).reshape(-1, 4), np.asarray(true_labels, int)))
 
-    def arrays(self):
-        return (np.concatenate(self.tp) if self.tp else np.zeros((0, 10), bool), np.concatenate(self.labels or [np.zeros(0, int)]),
-                np.concatenate(self.scores or [np.zeros(0)]), np.concatenate(self.true_labels or [np.zeros(0, int)]))
+    def add_faces(self, boxes, face_conf, probabilities, true_boxes, true_labels, image_id: str = "", floor: float = 0.0) -> None:
+        "Record one image's faces and class probabilities: reported with their best label, ranked once per class above `floor`."
+        self.add(*labelled(boxes, face_conf, probabilities), true_boxes, true_labels, image_id,
+                 ranked=class_hypotheses(boxes, face_conf, probabilities, floor))
 
-    def class_curves(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        "Precision, recall, confidence after each detection of class `k` (IoU 0.5), and its number of faces."
-        tp, labels, scores, true_labels = self.arrays()
+    def class_curves(self, k: int, served: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        "Precision, recall, confidence after each ranked (or `served`) detection of class `k` (IoU 0.5), and its number of faces."
+        records = self.served if served else self.ranked
+        tp = np.concatenate([r[0] for r in records]) if records else np.zeros((0, len(IOU_THRESHOLDS)), bool)
+        labels, scores = (np.concatenate([r[i] for r in records] or [np.zeros(0)]) for i in (1, 2))
+        n_true = int((np.concatenate(self.true_labels or [np.zeros(0)]) == k).sum())
         mine = labels == k
-        n_true = int((true_labels == k).sum())
         p, r, c = precision_recall(tp[mine], scores[mine], n_true)
         return p, r, c, n_true
 
@@ -106,21 +111,23 @@ def at_threshold(precision: np.ndarray, recall: np.ndarray, confidence: np.ndarr
     return (float(precision[kept[-1]]), float(recall[kept[-1]])) if len(kept) else (0.0, 0.0)
 
 def class_metrics(evaluation: Evaluation, thresholds: dict[str, float] | None = None) -> dict[str, dict]:
-    "Per class: AP50, AP50-95, the threshold (chosen here unless given) and precision/recall there."
+    "Per class: AP50, AP50-95, AP50 of the reported detections, the threshold (chosen here unless given) and precision/recall there."
     result = {}
     for k, name in enumerate(CLASSES):
         p, r, c, n_true = evaluation.class_curves(k)
         aps = [average_precision(p[:, t], r[:, t]) for t in range(len(IOU_THRESHOLDS))] if len(c) else [0.0] * len(IOU_THRESHOLDS)
+        p, r, c, _ = evaluation.class_curves(k, served=True)
         threshold = thresholds[name] if thresholds else best_threshold(p[:, 0], r[:, 0], c)
         precision, recall = at_threshold(p[:, 0], r[:, 0], c, threshold)
-        result[name] = {"ap50": aps[0], "ap50_95": float(np.mean(aps)), "precision": precision, "recall": recall,
-                        "threshold": threshold, "faces": n_true}
+        result[name] = {"ap50": aps[0], "ap50_95": float(np.mean(aps)), "ap50_top1": average_precision(p[:, 0], r[:, 0]) if len(c) else 0.0,
+                        "precision": precision, "recall": recall, "threshold": threshold, "faces": n_true}
     return result
 
 def summary_metrics(per_class: dict[str, dict]) -> dict:
     "The metrics file's content: means over the classes and the per-class table."
-    means = {key: float(np.mean([m[key] for m in per_class.values()])) for key in ("ap50", "ap50_95", "precision", "recall")}
-    return {"mAP50": means["ap50"], "mAP50_95": means["ap50_95"], "precision": means["precision"], "recall": means["recall"],
+    means = {key: float(np.mean([m[key] for m in per_class.values()])) for key in ("ap50", "ap50_95", "ap50_top1", "precision", "recall")}
+    return {"mAP50": means["ap50"], "mAP50_95": means["ap50_95"], "mAP50_top1": means["ap50_top1"],
+            "precision": means["precision"], "recall": means["recall"],
             "per_class": {c: {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()} for c, m in per_class.items()}}
 
 # %% ../nbs/03_evaluate.ipynb #c99c3d30
@@ -163,7 +170,7 @@ def image_errors(evaluation: Evaluation, thresholds: dict[str, float], iou: floa
 
 # %% ../nbs/03_evaluate.ipynb #10e230e8
 def curve_tables(evaluation: Evaluation) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Precision against recall, and F1 against confidence, per class (IoU 0.5) on 101-point grids."
+    "Precision against recall (ranked detections, as AP), and F1 against confidence (reported ones, as thresholds), per class (IoU 0.5)."
     grid = np.linspace(0, 1, 101)
     pr_rows, f1_rows = [], []
     for k, name in enumerate(CLASSES):
@@ -172,6 +179,8 @@ def curve_tables(evaluation: Evaluation) -> tuple[pd.DataFrame, pd.DataFrame]:
         envelope = np.maximum.accumulate(np.concatenate([[1.0], p, [0.0]])[::-1])[::-1]
         precision = np.interp(grid, np.concatenate([[0.0], r, [1.0]]), envelope)
         pr_rows += [{"class": name, "recall": x, "precision": y} for x, y in zip(grid, precision)]
+        p, r, c, _ = evaluation.class_curves(k, served=True)
+        p, r = (p[:, 0], r[:, 0]) if len(c) else (np.zeros(1), np.zeros(1))
         f1 = 2 * p * r / np.maximum(p + r, 1e-9)
         kept = [np.flatnonzero(c >= t) for t in grid]
         f1_rows += [{"class": name, "confidence": t, "f1": float(f1[k[-1]]) if len(k) else 0.0} for t, k in zip(grid, kept)]

@@ -12,7 +12,7 @@ from .core import CLASSES
 
 # %% auto #0
 __all__ = ['square_regions', 'crop_faces', 'apply_box_calibration', 'fit_box_calibration', 'detection_dicts', 'labelled',
-           'thresholded']
+           'class_hypotheses', 'thresholded']
 
 # %% ../nbs/02_faces.ipynb #be8df265
 def square_regions(boxes: np.ndarray, margin: float) -> np.ndarray:
@@ -58,6 +58,13 @@ def labelled(boxes: np.ndarray, face_conf: np.ndarray, probabilities: np.ndarray
     "Each face's most probable label, and its confidence: face confidence x class probability."
     labels = probabilities.argmax(axis=1) if len(boxes) else np.zeros(0, int)
     return boxes, labels, face_conf * probabilities.max(axis=1, initial=0)
+
+def class_hypotheses(boxes: np.ndarray, face_conf: np.ndarray, probabilities: np.ndarray,
+                     floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Every face once per class, with confidence face x class probability, those under `floor` left out: what mAP ranks."
+    scores = np.asarray(face_conf, float)[:, None] * probabilities
+    faces, labels = np.nonzero(scores >= floor)
+    return np.asarray(boxes).reshape(-1, 4)[faces], labels, scores[faces, labels]
 
 def thresholded(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, thresholds: dict[str, float],
                 conf: float | None = None) -> list[dict]:

@@ -193,16 +193,24 @@ class ExportedModel:
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def scored(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "Every face found: boxes, labels and confidences, before thresholds."
-        return self.scored_batch([image])[0]
+    def classified(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        "Every face found: boxes, face confidences and class probabilities (N, 3)."
+        return self.classified_batch([image])[0]
 
-    def scored_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        "`scored` for several images, with one classifier call for the faces of all of them."
+    def classified_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        "`classified` for several images, with one classifier call for the faces of all of them."
         found = [self.faces(image) for image in images]
         crops = [crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]) for image, (boxes, _) in zip(images, found)]
         probabilities = np.split(self.probabilities(np.concatenate(crops)), np.cumsum([len(c) for c in crops])[:-1])
-        return [labelled(boxes, face_conf, p) for (boxes, face_conf), p in zip(found, probabilities)]
+        return [(boxes, face_conf, p) for (boxes, face_conf), p in zip(found, probabilities)]
+
+    def scored(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        "Every face found: boxes, labels and confidences, before thresholds."
+        return labelled(*self.classified(image))
+
+    def scored_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        "`scored` for several images, with one classifier call for the faces of all of them."
+        return [labelled(*faces) for faces in self.classified_batch(images)]
 
 # %% ../nbs/04_inference.ipynb #690e80a7
 MODEL_FILES = ("openvino/int8/model.xml", "openvino/fp32/model.xml", "model.onnx", "best.pt")

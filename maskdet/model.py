@@ -88,13 +88,18 @@ class MaskDetector:
         h, w = image.shape[:2]
         return np.clip(boxes, 0, [w, h, w, h]), found.conf.numpy()
 
-    def label_faces(self, image: np.ndarray, boxes: np.ndarray, face_conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "Boxes, labels and confidences (face x class) of faces found in `image`."
-        return labelled(boxes, face_conf, self.classifier.probabilities(crop_faces(image, boxes, self.config["crop_size"], self.config["margin"])))
+    def face_probabilities(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        "Class probabilities (N, 3) of the faces at `boxes` in `image`."
+        return self.classifier.probabilities(crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]))
+
+    def classified(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        "Every face found: boxes, face confidences and class probabilities (N, 3)."
+        boxes, face_conf = self.faces(image)
+        return boxes, face_conf, self.face_probabilities(image, boxes)
 
     def scored(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         "Every face found: boxes, labels and confidences, before thresholds."
-        return self.label_faces(image, *self.faces(image))
+        return labelled(*self.classified(image))
 
     def predict(self, image: np.ndarray, conf: float | None = None) -> list[dict]:
         "Detections in an RGB image above `conf`, or above each class's threshold when `conf` is None."

@@ -132,10 +132,10 @@ def matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple[
     return (np.array([p[0] for p in pairs]).reshape(-1, 4), np.array([p[1] for p in pairs]).reshape(-1, 4))
 
 def evaluate_model(detector: MaskDetector, images: list[LabelledImage]) -> Evaluation:
-    "The model's detections on `images`, before thresholds, scored against their annotations."
+    "The model's faces on `images`, before thresholds, scored against their annotations (`Evaluation.add_faces`)."
     evaluation = Evaluation()
     for image in images:
-        evaluation.add(*detector.scored(image.rgb()), image.boxes, image.labels, image.image_id)
+        evaluation.add_faces(*detector.classified(image.rgb()), image.boxes, image.labels, image.image_id, detector.config["detector_conf"])
     return evaluation
 
 # %% ../nbs/02_train.ipynb #d567b4c7
@@ -247,7 +247,8 @@ def tune_classifier(paths: ProjectPaths, params: dict, processed: Path, checkpoi
                                                    log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
             evaluation = Evaluation()
             for image, pixels, boxes, face_conf in found:
-                evaluation.add(*detector.label_faces(pixels, boxes, face_conf), image.boxes, image.labels, image.image_id)
+                evaluation.add_faces(boxes, face_conf, detector.face_probabilities(pixels, boxes), image.boxes, image.labels,
+                                     image.image_id, detector.config["detector_conf"])
             per_class = class_metrics(evaluation)
             score = float(np.mean([m["ap50"] for m in per_class.values()]))
             mlflow.log_metrics({"val/mAP50": score} | {f"val/{c}/ap50": m["ap50"] for c, m in per_class.items()})
