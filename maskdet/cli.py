@@ -76,11 +76,14 @@ def run_stage(name: str, paths: ProjectPaths) -> Path:
 
 # %% ../nbs/10_cli.ipynb #54ff5b63
 def prepare_command(args: argparse.Namespace) -> None:
-    "Run the prepare stage after checking that the data set is there."
-    from maskdet.data import DataSourceError, check_source
+    "Run the prepare stage after checking that the data set and the label corrections file are there."
+    from maskdet.data import DataSourceError, check_source, read_label_corrections
     paths = setup_runtime()
+    prepare = load_params("prepare", paths)
     try:
-        check_source(paths.resolve(load_params("inputs", paths)["dataset"]), load_params("prepare", paths).get("format", "auto"))
+        check_source(paths.resolve(load_params("inputs", paths)["dataset"]), prepare.get("format", "auto"))
+        if prepare.get("label_corrections"):
+            read_label_corrections(paths.resolve(prepare["label_corrections"]))
     except DataSourceError as error:
         raise UserError(str(error)) from None
     report = run_stage("prepare", paths)

@@ -9,7 +9,7 @@ import hashlib
 import json
 import shutil
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,21 +20,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .core import CLASSES
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'IMAGE_COLUMNS', 'BOX_COLUMNS', 'GET_THE_DATA', 'READERS', 'FORMAT_SUFFIXES', 'CLASS_COLOURS',
-           'DataSourceError', 'Annotations', 'image_files', 'image_row', 'unannotated_rows', 'voc_boxes', 'read_voc',
-           'yolo_class_names', 'yolo_boxes', 'read_yolo', 'coco_json', 'read_coco', 'detect_format', 'check_source',
-           'read_dataset', 'sample_voc', 'write_yolo_labels', 'perceptual_hash', 'image_statistics', 'load_rgb',
-           'inspect_image', 'inspect_images', 'write_faulty_images', 'Decisions', 'canonical_labels', 'orient_points',
-           'orient_boxes', 'fit_boxes', 'hamming_distances', 'connected_groups', 'remove_duplicates', 'CleanDataset',
-           'reject_unusable', 'apply_class_map', 'fit_all_boxes', 'handle_unannotated', 'clean_dataset',
-           'write_voc_annotation', 'group_table', 'split_dataset', 'face_sizes', 'build_manifest', 'write_image',
-           'write_yolo_dataset', 'data_metrics', 'prepare_dataset', 'draw_boxes', 'augmented_samples', 'plot_samples',
-           'LabelledImage', 'load_split']
+__all__ = ['IMAGE_SUFFIXES', 'IMAGE_COLUMNS', 'BOX_COLUMNS', 'CORRECTION_COLUMNS', 'GET_THE_DATA', 'READERS', 'FORMAT_SUFFIXES',
+           'CLASS_COLOURS', 'DataSourceError', 'Annotations', 'image_files', 'image_row', 'unannotated_rows',
+           'voc_boxes', 'read_voc', 'yolo_class_names', 'yolo_boxes', 'read_yolo', 'coco_json', 'read_coco',
+           'detect_format', 'check_source', 'read_dataset', 'sample_voc', 'write_yolo_labels', 'perceptual_hash',
+           'image_statistics', 'load_rgb', 'inspect_image', 'inspect_images', 'write_faulty_images', 'Decisions',
+           'canonical_labels', 'orient_points', 'orient_boxes', 'fit_boxes', 'hamming_distances', 'connected_groups',
+           'remove_duplicates', 'CleanDataset', 'reject_unusable', 'apply_class_map', 'fit_all_boxes',
+           'handle_unannotated', 'clean_dataset', 'write_voc_annotation', 'group_table', 'split_dataset',
+           'read_label_corrections', 'correct_labels', 'face_sizes', 'build_manifest', 'write_image',
+           'write_yolo_dataset', 'data_metrics', 'prepare_dataset', 'draw_boxes', 'augmented_samples', 'face_view',
+           'plot_samples', 'LabelledImage', 'load_split']
 
 # %% ../nbs/01_data.ipynb #48107a92
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 IMAGE_COLUMNS = ["image_id", "image_path", "annotated", "ann_width", "ann_height", "error"]
 BOX_COLUMNS = ["image_id", "label", "x1", "y1", "x2", "y2"]
+CORRECTION_COLUMNS = ["image_id", "x1", "y1", "x2", "y2", "annotated", "corrected", "reason"]
 
 class DataSourceError(Exception):
     "A data source that cannot be read; the message says what is wrong and how to fix it."
@@ -409,13 +411,14 @@ def remove_duplicates(images: pd.DataFrame, groups: np.ndarray, kind: str, decis
 # %% ../nbs/01_data.ipynb #a02e7bb4
 @dataclass
 class CleanDataset:
-    "A cleaned data set: usable images and boxes, every decision taken, and the duplicate pairs found."
+    "A cleaned data set: usable images and boxes, every decision taken, the duplicate pairs found and the labels corrected."
     images: pd.DataFrame
     boxes: pd.DataFrame
     decisions: pd.DataFrame
     near_duplicate_pairs: pd.DataFrame
     images_in: int
     boxes_in: int
+    corrections: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*CORRECTION_COLUMNS, "face"]))
 
 def reject_unusable(images: pd.DataFrame, decisions: Decisions) -> pd.DataFrame:
     "Images whose file or annotation cannot be used are logged and removed."
@@ -515,6 +518,41 @@ def split_dataset(images: pd.DataFrame, boxes: pd.DataFrame, ratios: dict[str, f
         assignment[group] = names[best]
     return images.group.map(assignment)
 
+# %% ../nbs/01_data.ipynb #c5c49c88
+def read_label_corrections(path: Path | str) -> pd.DataFrame:
+    "The reviewed label corrections in the CSV file at `path` (columns `CORRECTION_COLUMNS`), checked."
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(f"{path}: no such label corrections file; create it (columns {', '.join(CORRECTION_COLUMNS)}) "
+                              "or set prepare.label_corrections to null.")
+    table = pd.read_csv(path)
+    missing = [c for c in CORRECTION_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataSourceError(f"{path}: columns {missing} are missing; a correction needs {', '.join(CORRECTION_COLUMNS)}.")
+    unknown = sorted((set(table.annotated) | set(table.corrected)) - set(CLASSES))
+    if unknown:
+        raise DataSourceError(f"{path}: {unknown} are not classes; use {', '.join(CLASSES)}.")
+    return table[CORRECTION_COLUMNS]
+
+def correct_labels(clean: CleanDataset, corrections: pd.DataFrame, tolerance: float = 2.0) -> CleanDataset:
+    "`clean` with its faces relabelled by the reviewed `corrections` (boxes matched within `tolerance` px), each one logged."
+    boxes = clean.boxes.copy()
+    face = boxes.groupby("image_id").cumcount()
+    decisions, applied = Decisions(clean.decisions.to_dict("records")), []
+    for row in corrections[corrections.image_id.isin(clean.images.image_id)].itertuples(index=False):
+        close = (boxes[["x1", "y1", "x2", "y2"]] - [row.x1, row.y1, row.x2, row.y2]).abs().max(axis=1) <= tolerance
+        match = boxes.index[(boxes.image_id == row.image_id) & close & (boxes.label == row.annotated)]
+        if len(match) != 1:
+            raise DataSourceError(f"label correction {row.image_id} [{row.x1}, {row.y1}, {row.x2}, {row.y2}] {row.annotated} -> "
+                                  f"{row.corrected} matches {len(match)} faces of that image: give the box (prepared image "
+                                  f"pixels) of exactly one face annotated {row.annotated}.")
+        boxes.loc[match, "label"] = row.corrected
+        boxes.loc[match, "class_id"] = CLASSES.index(row.corrected)
+        applied.append(row._asdict() | {"face": int(face[match[0]])})
+        decisions.add(row.image_id, "label corrected", f"{row.annotated} -> {row.corrected}: {row.reason}", 1)
+    return replace(clean, boxes=boxes, decisions=decisions.frame(),
+                   corrections=pd.DataFrame(applied, columns=[*CORRECTION_COLUMNS, "face"]))
+
 # %% ../nbs/01_data.ipynb #e88ad2c9
 def face_sizes(boxes: pd.DataFrame) -> pd.DataFrame:
     "Per image: the smallest, median and largest face size (square root of box area, pixels)."
@@ -561,6 +599,7 @@ def write_yolo_dataset(clean: CleanDataset, splits: pd.Series, output: Path) -> 
     manifest.to_csv(output / "manifest.csv", index=False)
     clean.decisions.to_csv(output / "decisions.csv", index=False)
     clean.near_duplicate_pairs.to_csv(output / "near_duplicates.csv", index=False)
+    clean.corrections.to_csv(output / "label_corrections.csv", index=False)
     return manifest
 
 # %% ../nbs/01_data.ipynb #e474e75e
@@ -583,14 +622,18 @@ def data_metrics(clean: CleanDataset, manifest: pd.DataFrame) -> dict:
         "near_duplicates_removed": int(log.reason.str.startswith("near duplicate").sum()),
         "near_duplicate_pairs": int(len(clean.near_duplicate_pairs)),
         "boxes_dropped": counted("box dropped"), "boxes_repaired": counted("box repaired"),
+        "labels_corrected": int(len(clean.corrections)),
         "rejected": by_reason("rejected"), "repaired": by_reason("repaired"), "splits": splits,
     }
 
 # %% ../nbs/01_data.ipynb #a9ff5d10
-def prepare_dataset(source: Path | str, output: Path | str, params: dict) -> tuple[CleanDataset, pd.DataFrame, dict]:
-    "Read, clean, split and write a data set; returns the cleaned data, the manifest and the metrics."
+def prepare_dataset(source: Path | str, output: Path | str, params: dict,
+                    corrections: pd.DataFrame | None = None) -> tuple[CleanDataset, pd.DataFrame, dict]:
+    "Read, clean, split, correct reviewed labels and write a data set; returns the cleaned data, the manifest and the metrics."
     clean = clean_dataset(read_dataset(source, params.get("format", "auto")), params)
     splits = split_dataset(clean.images, clean.boxes, params["split"]["ratios"], params["split"]["seed"])
+    if corrections is not None:
+        clean = correct_labels(clean, corrections)
     manifest = write_yolo_dataset(clean, splits, Path(output))
     return clean, manifest, data_metrics(clean, manifest)
 
@@ -626,6 +669,13 @@ def augmented_samples(image_dir: Path, augment: dict, n: int = 8, imgsz: int = 6
         samples.append((image, boxes, [CLASSES[int(c)] for c in item["cls"].flatten()]))
     return samples
 
+def face_view(image: np.ndarray, box, margin: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    "The part of `image` around one face `box` (x1, y1, x2, y2), `margin` face sizes wider on each side, and the box in it (1, 4)."
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * margin
+    x0, y0 = int(max(x1 - side, 0)), int(max(y1 - side, 0))
+    return image[y0:int(y2 + side), x0:int(x2 + side)], np.array([[x1 - x0, y1 - y0, x2 - x0, y2 - y0]])
+
 def plot_samples(samples: list[tuple], columns: int = 4, size: float = 3.5):
     "A grid of (image, boxes, labels[, title]) samples; returns the matplotlib figure."
     import matplotlib.pyplot as plt
@@ -651,10 +701,11 @@ class LabelledImage:
         "The image as an RGB uint8 array."
         return np.asarray(load_rgb(self.path))
 
-def load_split(processed: Path | str, split: str) -> list[LabelledImage]:
-    "The images of `split` in a prepared data set, with their faces."
+def load_split(processed: Path | str, split: str, published: bool = False) -> list[LabelledImage]:
+    "The images of `split` in a prepared data set, with their faces (`published`: labelled as annotated, before review)."
     processed = Path(processed)
     manifest = pd.read_csv(processed / "manifest.csv")
+    reverted = pd.read_csv(processed / "label_corrections.csv") if published else pd.DataFrame(columns=["image_id", "face", "annotated"])
     images = []
     for row in manifest[manifest.split == split].itertuples():
         label_file = processed / "labels" / split / f"{row.image_id}.txt"
@@ -662,5 +713,8 @@ def load_split(processed: Path | str, split: str) -> list[LabelledImage]:
         cx, cy = table[:, 1] * row.width, table[:, 2] * row.height
         w, h = table[:, 3] * row.width, table[:, 4] * row.height
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-        images.append(LabelledImage(row.image_id, processed / row.file, boxes, table[:, 0].astype(int)))
+        labels = table[:, 0].astype(int)
+        for face, annotated in reverted.loc[reverted.image_id == row.image_id, ["face", "annotated"]].itertuples(index=False):
+            labels[face] = CLASSES.index(annotated)
+        images.append(LabelledImage(row.image_id, processed / row.file, boxes, labels))
     return images

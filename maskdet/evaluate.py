@@ -16,7 +16,7 @@ from .faces import class_hypotheses, labelled
 # %% auto #0
 __all__ = ['IOU_THRESHOLDS', 'box_iou', 'match_detections', 'precision_recall', 'average_precision', 'Evaluation',
            'best_threshold', 'at_threshold', 'class_metrics', 'summary_metrics', 'pair_faces', 'confusion_matrix',
-           'image_errors', 'curve_tables', 'zoom_on_faces', 'median_latency']
+           'image_errors', 'label_disagreements', 'curve_tables', 'zoom_on_faces', 'median_latency']
 
 # %% ../nbs/03_evaluate.ipynb #c8a881e7
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -167,6 +167,21 @@ def image_errors(evaluation: Evaluation, thresholds: dict[str, float], iou: floa
         right = sum(labels[i] == record[4][j] for i, j in pairs)
         rows.append({"image_id": image_id, "false_negatives": len(record[4]) - right, "false_positives": len(boxes) - right})
     return pd.DataFrame(rows)
+
+# %% ../nbs/03_evaluate.ipynb #8823d5ed
+def label_disagreements(found: list[tuple], images: list, iou: float = 0.5) -> pd.DataFrame:
+    "Annotated faces whose best-overlapping detection (IoU >= `iou`) prefers another class, least agreeing first."
+    columns = ["image_id", "face", "x1", "y1", "x2", "y2", "annotated", "predicted", "p_annotated", "p_predicted"]
+    rows = []
+    for (boxes, _, probabilities), image in zip(found, images, strict=True):
+        if not len(boxes) or not len(image.labels):
+            continue
+        overlap = box_iou(np.asarray(image.boxes, float), np.asarray(boxes, float))
+        for face, (annotated, best) in enumerate(zip(image.labels, overlap.argmax(axis=1))):
+            p = probabilities[best]
+            if overlap[face, best] >= iou and p.argmax() != annotated:
+                rows.append([image.image_id, face, *image.boxes[face], CLASSES[annotated], CLASSES[p.argmax()], float(p[annotated]), float(p.max())])
+    return pd.DataFrame(rows, columns=columns).sort_values("p_annotated").reset_index(drop=True)
 
 # %% ../nbs/03_evaluate.ipynb #10e230e8
 def curve_tables(evaluation: Evaluation) -> tuple[pd.DataFrame, pd.DataFrame]:

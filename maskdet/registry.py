@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -57,8 +58,9 @@ def alias_version(client: mlflow.MlflowClient, name: str, alias: str):
     except MlflowException:
         return None
 
-def register_model(checkpoint: Path, run_id: str, metrics: dict, name: str, max_class_drop: float, data_version: str = "") -> dict:
-    "Log `checkpoint` as a pyfunc model of run `run_id`, register it as a version of `name`, apply the gate."
+def register_model(checkpoint: Path, run_id: str, metrics: dict, name: str, max_class_drop: float, data_version: str = "",
+                   rescore: Callable[[Path], dict] | None = None) -> dict:
+    "Register `checkpoint` (of run `run_id`) as a version of `name` and apply the gate; `rescore(best_pt)`: the champion's metrics now."
     client = mlflow.MlflowClient()
     mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     with mlflow.start_run(run_id=run_id):
@@ -70,13 +72,16 @@ def register_model(checkpoint: Path, run_id: str, metrics: dict, name: str, max_
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, "challenger", version.version)
     champion = alias_version(client, name, "champion")
-    promoted, reason = promotion_decision(metrics, version_metrics(champion), max_class_drop)
+    rescored = bool(champion and rescore)
+    champion_metrics = rescore(model_path(f"models:/{name}/{champion.version}")) if rescored else version_metrics(champion)
+    promoted, reason = promotion_decision(metrics, champion_metrics, max_class_drop)
+    reason += " (the champion scored again on the same test split)" if rescored else ""
     if promoted:
         client.set_registered_model_alias(name, "champion", version.version)
     client.set_model_version_tag(name, version.version, "promotion", reason)
     return {"model": name, "version": int(version.version), "promoted": promoted, "reason": reason,
             "champion": int(version.version) if promoted else (int(champion.version) if champion else None),
-            "previous_champion": int(champion.version) if champion else None, "run_id": run_id}
+            "previous_champion": int(champion.version) if champion else None, "champion_rescored": rescored, "run_id": run_id}
 
 def model_path(reference: str | Path) -> Path:
     "A local `best.pt` for a model reference: a file path, or an MLflow URI such as `models:/maskdet@champion`."

@@ -24,8 +24,8 @@ from .model import ClassifierEnsemble, CropClassifier, MaskClassifier, MaskDetec
 
 # %% auto #0
 __all__ = ['finetune_detector', 'FaceCrops', 'crop_accuracy', 'train_classifier', 'train_ensemble', 'matched_boxes',
-           'evaluate_model', 'data_version', 'git_commit', 'flatten', 'environment', 'train_model', 'draw_trials',
-           'tune_classifier']
+           'score_faces', 'evaluate_model', 'data_version', 'git_commit', 'flatten', 'environment', 'train_model',
+           'draw_trials', 'tune_classifier']
 
 # %% ../nbs/02_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
@@ -131,12 +131,16 @@ def matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple[
     detector.config = config
     return (np.array([p[0] for p in pairs]).reshape(-1, 4), np.array([p[1] for p in pairs]).reshape(-1, 4))
 
-def evaluate_model(detector: MaskDetector, images: list[LabelledImage]) -> Evaluation:
-    "The model's faces on `images`, before thresholds, scored against their annotations (`Evaluation.add_faces`)."
+def score_faces(found: list[tuple], images: list[LabelledImage], floor: float) -> Evaluation:
+    "The faces found in each image (boxes, face confidences, class probabilities) scored against its annotations."
     evaluation = Evaluation()
-    for image in images:
-        evaluation.add_faces(*detector.classified(image.rgb()), image.boxes, image.labels, image.image_id, detector.config["detector_conf"])
+    for (boxes, face_conf, probabilities), image in zip(found, images, strict=True):
+        evaluation.add_faces(boxes, face_conf, probabilities, image.boxes, image.labels, image.image_id, floor)
     return evaluation
+
+def evaluate_model(detector: MaskDetector, images: list[LabelledImage]) -> Evaluation:
+    "The model's faces on `images`, before thresholds, scored against their annotations (`score_faces`)."
+    return score_faces([detector.classified(image.rgb()) for image in images], images, detector.config["detector_conf"])
 
 # %% ../nbs/02_train.ipynb #d567b4c7
 def data_version(paths: ProjectPaths, processed: Path) -> str:
@@ -236,7 +240,7 @@ def tune_classifier(paths: ProjectPaths, params: dict, processed: Path, checkpoi
     detector = MaskDetector(checkpoint)
     images = {split: load_split(processed, split) for split in ("train", "val")}
     faces = {split: FaceCrops(images[split], model["crop_size"], model["margin"]) for split in images}
-    found = [(image, image.rgb(), *detector.faces(image.rgb())) for image in images["val"]]
+    found = [(image.rgb(), *detector.faces(image.rgb())) for image in images["val"]]
     mlflow_experiment(f"{params['tracking']['experiment']}-tune", paths)
     rows = []
     for number, draw in enumerate(draw_trials(tune["space"], tune["trials"], tune["seed"])):
@@ -245,11 +249,8 @@ def tune_classifier(paths: ProjectPaths, params: dict, processed: Path, checkpoi
             mlflow.log_params({f"classifier.{k}": v for k, v in settings.items()})
             detector.classifier = train_classifier(faces["train"], faces["val"], paths.resolve(params["train"]["backbone"]), settings,
                                                    log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
-            evaluation = Evaluation()
-            for image, pixels, boxes, face_conf in found:
-                evaluation.add_faces(boxes, face_conf, detector.face_probabilities(pixels, boxes), image.boxes, image.labels,
-                                     image.image_id, detector.config["detector_conf"])
-            per_class = class_metrics(evaluation)
+            classified = [(boxes, face_conf, detector.face_probabilities(pixels, boxes)) for pixels, boxes, face_conf in found]
+            per_class = class_metrics(score_faces(classified, images["val"], detector.config["detector_conf"]))
             score = float(np.mean([m["ap50"] for m in per_class.values()]))
             mlflow.log_metrics({"val/mAP50": score} | {f"val/{c}/ap50": m["ap50"] for c, m in per_class.items()})
         rows.append(draw | {"val_mAP50": score} | {f"{c}_ap50": m["ap50"] for c, m in per_class.items()})

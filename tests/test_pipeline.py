@@ -49,6 +49,10 @@ def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
     keys = {"ap50", "ap50_top1", "precision", "recall", "threshold"}
     assert all(keys <= set(m) for m in metrics["per_class"].values())
     assert 0 < metrics["mAP50"] <= 1 and metrics["latency_ms"]["median_ms"] > 0
+    # none of the faces in data/label_corrections.csv is among these 60 photos: both label sets agree
+    published = metrics["published_labels"]
+    assert published["faces_relabelled"] == 0 and published["mAP50"] == metrics["mAP50"]
+    assert set(published["per_class"]) == set(CLASSES)
     assert (copy / "models" / "best.pt").is_file()
     for plot in ("pr_curve.csv", "f1_curve.csv", "confusion.csv"):
         assert (copy / "reports" / "plots" / plot).stat().st_size > 0
@@ -91,6 +95,7 @@ def test_registry_gate_keeps_the_champion_when_a_version_fails(pipeline):
     assert "Running stage 'register'" in again.stdout and "Running stage 'train'" not in again.stdout
     second = json.loads((copy / "reports" / "registry.json").read_text())
     assert (second["version"], second["promoted"], second["champion"]) == (2, False, 1)
+    assert second["champion_rescored"] and "scored again on the same test split" in second["reason"]
     client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlruns' / 'mlflow.db'}")
     assert int(client.get_model_version_by_alias("maskdet", "champion").version) == 1
     assert int(client.get_model_version_by_alias("maskdet", "challenger").version) == 2
