@@ -54,9 +54,11 @@ docker-tools:
 COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 STACK = MASKDET_MODELS_DIR=$(abspath models) MASKDET_DATA_DIR=$(abspath data) $(COMPOSE) -p maskdet -f deployment/docker-compose.yml
 
+# A rebuild leaves the previous images untagged: they are removed (each set is ~4 GB).
 docker-build: docker-tools
 	deployment/build-base.sh
 	$(STACK) build
+	docker image prune -f --filter label=maskdet.service
 
 docker-up: docker-build
 	$(STACK) up -d

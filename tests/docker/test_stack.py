@@ -7,7 +7,7 @@ The images are built from the repository; `compose up` starts the API, the dashb
 job on free 127.0.0.1 ports. The API serves the `model` fixture of conftest.py; the drift reference is 120
 real photos prepared as the pipeline prepares them. Real photos go through the published API port; the
 dashboards and MLflow must answer; the drift job must write its decision about the logged predictions into
-its volume. At the end `down -v` removes containers and volumes.
+its volume. At the end `down -v` removes containers and volumes, and the images this build replaced are pruned.
 """
 
 import json
@@ -121,6 +121,7 @@ def stack(project, docker_daemon, model, reference):
     finally:
         print(compose("logs", "--no-color", "--tail", "30", check=False).stdout[-6000:])
         compose("down", "-v", "--remove-orphans", check=False)
+        docker("image", "prune", "-f", "--filter", "label=maskdet.service", check=False)
 
 
 def wait_for(check, what, timeout=STARTED_WITHIN_S):
