@@ -45,6 +45,7 @@ extras = {
         "onnxslim==0.1.74",
         "nncf==3.4.0",  # INT8 quantisation of the OpenVINO model (export stage)
         "matplotlib>=3.8",
+        "scikit-learn>=1.4",  # grouped, stratified folds (maskdet crossval)
     ],
     "monitor": ["evidently==0.7.16"],
     "tracking": ["mlflow==3.17.2"],

@@ -18,7 +18,8 @@ from .core import ProjectPaths, cpu_threads, load_params, setup_runtime
 __all__ = ['PACKAGES', 'STAGE_SECTIONS', 'IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'package_version', 'runtime_info', 'info_command',
            'UserError', 'run_stage', 'prepare_command', 'require', 'train_command', 'evaluate_command',
            'register_command', 'export_command', 'media_inputs', 'predict_video', 'predict_command', 'serve_command',
-           'dashboard_command', 'launch_command', 'tune_command', 'drift_command', 'build_parser', 'main']
+           'dashboard_command', 'launch_command', 'tune_command', 'crossval_command', 'drift_command', 'build_parser',
+           'main']
 
 # %% ../nbs/10_cli.ipynb #b1f86f3c
 PACKAGES = ("torch", "ultralytics", "onnxruntime", "openvino", "mlflow", "dvc", "evidently", "fastapi", "voila")
@@ -283,6 +284,19 @@ def tune_command(args: argparse.Namespace) -> None:
     results = tune_classifier(paths, params, paths.processed, paths.models / "best.pt")
     print(results.to_markdown(index=False, floatfmt=".4f"))
 
+# %% ../nbs/10_cli.ipynb #b2f7f88e
+def crossval_command(args: argparse.Namespace) -> None:
+    "Cross-validate the classifier with the parameters of params.yaml and any --set changes."
+    from maskdet.crossval import cross_validate, override_params
+    paths = setup_runtime()
+    try:
+        params = override_params(load_params(paths=paths), args.set)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    require(paths.processed / "manifest.csv", "the prepared data set", "run `maskdet prepare` (or `dvc repro prepare`) first.")
+    require(paths.models / "best.pt", "the trained model", "run `maskdet train` (or `dvc repro train`) first.")
+    print(cross_validate(paths, params, paths.processed, paths.models / "best.pt").to_markdown(floatfmt=".4g"))
+
 # %% ../nbs/10_cli.ipynb #f7249fb3
 def drift_command(args: argparse.Namespace) -> None:
     "Check the current window for data drift against the training data; exit 1 on drift with --fail-on-drift."
@@ -346,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="random search over the classifier's hyperparameters, one MLflow run per trial")
     tune.add_argument("--trials", type=int, help="number of trials (default: tune.trials in params.yaml)")
     tune.set_defaults(func=tune_command)
+    crossval = commands.add_parser("crossval", help="k-fold cross-validation of the classifier on the train+val photos, one MLflow run")
+    crossval.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                          help="change a parameter of params.yaml for this run, e.g. model.crop_size=96 (repeatable)")
+    crossval.set_defaults(func=crossval_command)
     drift = commands.add_parser("drift", help="check the prediction log (or a folder) for data drift against the training data")
     window = drift.add_mutually_exclusive_group()
     window.add_argument("--current", metavar="FOLDER", help="check the images in FOLDER instead of the prediction log")
