@@ -293,6 +293,9 @@ def crossval_command(args: argparse.Namespace) -> None:
         params = override_params(load_params(paths=paths), args.set)
     except ValueError as error:
         raise UserError(str(error)) from None
+    folds = params["crossval"]["folds"]
+    if not isinstance(folds, int) or folds < 2:
+        raise UserError(f"crossval.folds is {folds!r}: cross-validation needs a whole number of 2 or more folds.")
     require(paths.processed / "manifest.csv", "the prepared data set", "run `maskdet prepare` (or `dvc repro prepare`) first.")
     require(paths.models / "best.pt", "the trained model", "run `maskdet train` (or `dvc repro train`) first.")
     print(cross_validate(paths, params, paths.processed, paths.models / "best.pt").to_markdown(floatfmt=".4g"))
