@@ -24,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from .core import CLASSES, Settings
+from .faces import detector_sizes
 from .inference import Detector
 from .predictions import PredictionLog, prediction_row
 
@@ -124,7 +125,7 @@ class BatchPrediction(BaseModel):
 class ModelInfo(BaseModel):
     "The model this service runs."
     model_config = {"json_schema_extra": {"examples": [{**EXAMPLE_MODEL, "source": "models", "path": "models/openvino/int8/model.xml",
-                                                        "precision": "f32", "classes": list(CLASSES), "detector_imgsz": 640,
+                                                        "precision": "f32", "classes": list(CLASSES), "detector_sizes": [640, 320],
                                                         "thresholds": {"with_mask": 0.41, "without_mask": 0.37, "mask_weared_incorrect": 0.22}}]}}
     name: str
     version: str
@@ -134,7 +135,7 @@ class ModelInfo(BaseModel):
     precision: str
     classes: list[str]
     thresholds: dict[str, float]
-    detector_imgsz: int
+    detector_sizes: list[int]
 
 class ErrorAnswer(BaseModel):
     "What is wrong and what to do."
@@ -261,7 +262,7 @@ def model_info(detector: Detector) -> dict:
     "What `/model` answers."
     return {"name": "maskdet", "version": detector.version, "source": detector.source, "path": str(detector.path),
             "backend": detector.backend, "precision": detector.precision, "classes": list(CLASSES),
-            "thresholds": detector.thresholds, "detector_imgsz": detector.config["detector_imgsz"]}
+            "thresholds": detector.thresholds, "detector_sizes": detector_sizes(detector.config)}
 
 def validation_message(error: RequestValidationError) -> str:
     "A readable sentence for FastAPI's validation errors."

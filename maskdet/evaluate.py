@@ -14,9 +14,11 @@ from .core import CLASSES
 from .faces import class_hypotheses, labelled
 
 # %% auto #0
-__all__ = ['IOU_THRESHOLDS', 'box_iou', 'match_detections', 'precision_recall', 'average_precision', 'Evaluation',
-           'best_threshold', 'at_threshold', 'class_metrics', 'summary_metrics', 'pair_faces', 'confusion_matrix',
-           'image_errors', 'label_disagreements', 'curve_tables', 'zoom_on_faces', 'median_latency']
+__all__ = ['IOU_THRESHOLDS', 'WEBCAM_FRAMES', 'DEGRADATIONS', 'SIZE_BINS', 'box_iou', 'match_detections', 'precision_recall',
+           'average_precision', 'Evaluation', 'best_threshold', 'at_threshold', 'class_metrics', 'summary_metrics',
+           'pair_faces', 'confusion_matrix', 'image_errors', 'label_disagreements', 'curve_tables', 'webcam_region',
+           'degrade', 'webcam_view', 'webcam_views', 'faces_found', 'face_size', 'size_bin', 'present_map50',
+           'size_bin_metrics', 'ranked_ap50', 'bootstrap_intervals', 'median_latency']
 
 # %% ../nbs/03_evaluate.ipynb #c8a881e7
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -67,17 +69,22 @@ class Evaluation:
     "Detections and annotated faces of a set of images, and the metrics computed from them."
     ranked: list = field(default_factory=list)  # per image: true-positive flags, labels, scores of the detections AP ranks
     served: list = field(default_factory=list)  # the same for the reported detections (one label per face)
+    faces: list = field(default_factory=list)   # per image: true-positive flags (IoU 0.5) and face confidences, whatever the class
     true_labels: list = field(default_factory=list)
     confusion_pairs: list = field(default_factory=list)
     image_ids: list = field(default_factory=list)
 
-    def add(self, boxes, labels, scores, true_boxes, true_labels, image_id: str = "", ranked: tuple | None = None) -> None:
+    def add(self, boxes, labels, scores, true_boxes, true_labels, image_id: str = "", ranked: tuple | None = None,
+            face_conf=None) -> None:
         "Record one image's detections (boxes, labels, scores) and its annotated faces; AP ranks `ranked` detections instead, if given."
         def matched(boxes, labels, scores):
             return match_detections(boxes, labels, scores, true_boxes, true_labels), np.asarray(labels, int), np.asarray(scores, float)
+        face_conf = np.asarray(scores if face_conf is None else face_conf, float)
         self.image_ids.append(image_id)
         self.served.append(matched(boxes, labels, scores))
         self.ranked.append(matched(*ranked) if ranked is not None else self.served[-1])
+        self.faces.append((match_detections(boxes, np.zeros(len(face_conf), int), face_conf, true_boxes, np.zeros(len(true_labels), int),
+                                            IOU_THRESHOLDS[:1])[:, 0], face_conf))
         self.true_labels.append(np.asarray(true_labels, int))
         self.confusion_pairs.append((np.asarray(boxes, float).reshape(-1, 4), np.asarray(labels, int), np.asarray(scores, float),
                                      np.asarray(true_boxes, float).reshape(-1, 4), np.asarray(true_labels, int)))
@@ -85,7 +92,7 @@ class Evaluation:
     def add_faces(self, boxes, face_conf, probabilities, true_boxes, true_labels, image_id: str = "", floor: float = 0.0) -> None:
         "Record one image's faces and class probabilities: reported with their best label, ranked once per class above `floor`."
         self.add(*labelled(boxes, face_conf, probabilities), true_boxes, true_labels, image_id,
-                 ranked=class_hypotheses(boxes, face_conf, probabilities, floor))
+                 ranked=class_hypotheses(boxes, face_conf, probabilities, floor), face_conf=face_conf)
 
     def class_curves(self, k: int, served: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         "Precision, recall, confidence after each ranked (or `served`) detection of class `k` (IoU 0.5), and its number of faces."
@@ -96,6 +103,12 @@ class Evaluation:
         mine = labels == k
         p, r, c = precision_recall(tp[mine], scores[mine], n_true)
         return p, r, c, n_true
+
+    def face_ap50(self) -> float:
+        "AP50 of finding the faces whatever their class: each face found ranked once, by its face confidence."
+        tp, conf = (np.concatenate([f[i] for f in self.faces] or [np.zeros(0)]) for i in (0, 1))
+        n_true = sum(len(t) for t in self.true_labels)
+        return average_precision(*precision_recall(tp.astype(bool), conf, n_true)[:2]) if len(conf) else 0.0
 
 # %% ../nbs/03_evaluate.ipynb #597882c6
 def best_threshold(precision: np.ndarray, recall: np.ndarray, confidence: np.ndarray) -> float:
@@ -202,22 +215,128 @@ def curve_tables(evaluation: Evaluation) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(pr_rows), pd.DataFrame(f1_rows)
 
 # %% ../nbs/03_evaluate.ipynb #a4a4ed47
-def zoom_on_faces(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, min_face: int = 40,
-                  face_share: float = 0.4, size: int = 640) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    "Close-up views (image, boxes, labels) centred on each face of at least `min_face` px."
-    from PIL import Image
-    picture, views = Image.fromarray(image), []
-    for box in boxes[(boxes[:, 2:] - boxes[:, :2]).min(axis=1) >= min_face]:
-        side = (box[2:] - box[:2]).max() / face_share
-        centre = (box[:2] + box[2:]) / 2
-        x0, y0 = centre - side / 2
-        scale = size / side
-        moved = (boxes - [x0, y0, x0, y0]) * scale
-        clipped = np.clip(moved, 0, size)
-        inside = (clipped[:, 2:] - clipped[:, :2]).prod(axis=1) >= 0.5 * (moved[:, 2:] - moved[:, :2]).prod(axis=1)
-        view = np.asarray(picture.crop((round(x0), round(y0), round(x0 + side), round(y0 + side))).resize((size, size), Image.BILINEAR))
-        views.append((view, clipped[inside], labels[inside]))
+WEBCAM_FRAMES = ((240, 240), (640, 480))
+DEGRADATIONS = ("clean", "noise", "blur", "dim", "backlit")
+
+def webcam_region(box: np.ndarray, share: float, frame: tuple[int, int], shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    "The region (x1, y1, x2, y2) of a photo of `shape` that a `frame` (w, h) shows when the face `box` fills `share` of its height."
+    size = np.array([frame[0] / frame[1], 1.0]) * (box[2:] - box[:2]).max() / share
+    centre = (box[:2] + box[2:]) / 2 + rng.uniform(-0.25, 0.25, 2) * (size - (box[2:] - box[:2]))
+    photo = np.array(shape[1::-1], float)
+    low = np.maximum(box[2:] - size, np.where(size <= photo, 0, -np.inf))
+    high = np.minimum(box[:2], np.where(size <= photo, photo - size, np.inf))
+    corner = np.clip(centre - size / 2, low, high)
+    return np.r_[corner, corner + size]
+
+def degrade(view: np.ndarray, kind: str, face: np.ndarray, rng: np.random.Generator, quality: int = 75) -> np.ndarray:
+    "A webcam frame with a degradation of `kind` (see `DEGRADATIONS`) around the face at `face`, then JPEG-compressed."
+    import cv2
+    image = view.astype(np.float32)
+    if kind == "noise":
+        image += rng.normal(0, 10, image.shape)
+    elif kind == "blur":
+        image = cv2.GaussianBlur(image, (0, 0), 1.5)
+    elif kind == "dim":
+        image = image * 0.35 + rng.normal(0, 5, image.shape)
+    elif kind == "backlit":
+        y, x = np.mgrid[: image.shape[0], : image.shape[1]]
+        centre, radius = (face[:2] + face[2:]) / 2, (face[2:] - face[:2]).max() / 2
+        near = np.exp(-(((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * radius**2)))[..., None]
+        image = image * (0.45 + 0.25 * (1 - near)) + 150 * (1 - near)
+    encoded = cv2.imencode(".jpg", np.clip(image, 0, 255).astype(np.uint8)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+    return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1])
+
+def webcam_view(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, face: int, share: float, frame: tuple[int, int],
+                kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "A webcam frame (image, boxes, labels) of face number `face`, filling `share` of the frame's height, degraded by `kind`."
+    import cv2
+    region = webcam_region(boxes[face], share, frame, image.shape, rng)
+    scale = frame[1] / (region[3] - region[1])
+    warp = np.array([[scale, 0, -region[0] * scale], [0, scale, -region[1] * scale]])
+    view = cv2.warpAffine(image, warp, frame, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    moved = (boxes - region[[0, 1, 0, 1]]) * scale
+    clipped = np.clip(moved, 0, [*frame, *frame])
+    inside = (clipped[:, 2:] - clipped[:, :2]).prod(axis=1) >= 0.5 * (moved[:, 2:] - moved[:, :2]).prod(axis=1)
+    return degrade(view, kind, clipped[face], rng), clipped[inside], labels[inside]
+
+def webcam_views(images: list, min_face: int = 48, frames=WEBCAM_FRAMES, shares=(0.5, 0.9), seed: int = 0) -> list[dict]:
+    "The close-up benchmark: a frame of each size in `frames` for every face of `images` at least `min_face` px tall."
+    rng, views = np.random.default_rng(seed), []
+    for image in images:
+        tall = np.flatnonzero(image.boxes[:, 3] - image.boxes[:, 1] >= min_face)
+        pixels = image.rgb() if len(tall) else None
+        for face in tall:
+            for frame in frames:
+                kind, share = DEGRADATIONS[len(views) % len(DEGRADATIONS)], rng.uniform(*shares)
+                view, boxes, labels = webcam_view(pixels, image.boxes, image.labels, face, share, frame, kind, rng)
+                views.append({"image": view, "boxes": boxes, "labels": labels, "image_id": image.image_id, "face": int(face),
+                              "frame": f"{frame[0]}x{frame[1]}", "share": share, "degradation": kind})
     return views
+
+# %% ../nbs/03_evaluate.ipynb #9b73d088
+def faces_found(evaluation: Evaluation, thresholds: dict[str, float], iou: float = 0.5) -> float:
+    "Share of the annotated faces overlapped by a reported detection above the thresholds, whatever its label."
+    found = sum(len(pair_faces(*record, thresholds, iou)[2]) for record in evaluation.confusion_pairs)
+    return found / max(sum(len(t) for t in evaluation.true_labels), 1)
+
+# %% ../nbs/03_evaluate.ipynb #4580d10c
+SIZE_BINS = {"<16": (0, 16), "16-32": (16, 32), "32-64": (32, 64), "64-128": (64, 128), ">128": (128, np.inf)}
+
+def face_size(boxes: np.ndarray, shape: tuple, side: int = 640) -> np.ndarray:
+    "The longer side of each box once the image of `shape` is scaled to `side` px on its longer side."
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    return (boxes[:, 2:] - boxes[:, :2]).max(axis=1) * side / max(shape[:2])
+
+def size_bin(found: tuple, true_boxes, true_labels, shape: tuple, low: float, high: float) -> tuple:
+    "One image's faces found (boxes, face confidences, probabilities) and annotated faces, restricted to sizes in [low, high)."
+    boxes, face_conf, probabilities = found
+    true_boxes, true_labels = np.asarray(true_boxes, float).reshape(-1, 4), np.asarray(true_labels, int)
+    inside = (face_size(true_boxes, shape) >= low) & (face_size(true_boxes, shape) < high)
+    overlap = box_iou(boxes, true_boxes)
+    matched = overlap.max(axis=1, initial=0) >= 0.5
+    partner = overlap.argmax(axis=1) if len(true_boxes) else np.zeros(len(boxes), int)
+    own_size = (face_size(boxes, shape) >= low) & (face_size(boxes, shape) < high)
+    keep = np.where(matched, inside[partner] if len(true_boxes) else False, own_size)
+    return (boxes[keep], face_conf[keep], probabilities[keep]), true_boxes[inside], true_labels[inside]
+
+# %% ../nbs/03_evaluate.ipynb #6ce4ab67
+def present_map50(per_class: dict[str, dict]) -> float:
+    "mAP50 over the classes that have annotated faces (a class without faces has no AP)."
+    aps = [m["ap50"] for m in per_class.values() if m["faces"]]
+    return float(np.mean(aps)) if aps else float("nan")
+
+def size_bin_metrics(found: list[tuple], images: list, shapes: list[tuple], thresholds: dict[str, float], floor: float) -> pd.DataFrame:
+    "Per face-size bin: annotated faces, mAP50 (classes present), face AP50 and the share of faces found at the thresholds."
+    rows = {}
+    for name, (low, high) in SIZE_BINS.items():
+        evaluation = Evaluation()
+        for faces, image, shape in zip(found, images, shapes, strict=True):
+            kept, boxes, labels = size_bin(faces, image.boxes, image.labels, shape, low, high)
+            evaluation.add_faces(*kept, boxes, labels, image.image_id, floor)
+        per_class = class_metrics(evaluation, thresholds)
+        rows[name] = {"faces": sum(m["faces"] for m in per_class.values()), "mAP50": present_map50(per_class),
+                      "face_ap50": evaluation.face_ap50(), "found": faces_found(evaluation, thresholds),
+                      **{f"ap50 {c}": m["ap50"] if m["faces"] else float("nan") for c, m in per_class.items()}}
+    return pd.DataFrame(rows).T.rename_axis("face size (px at 640)")
+
+# %% ../nbs/03_evaluate.ipynb #003bd00b
+def ranked_ap50(evaluation: Evaluation, images: np.ndarray) -> np.ndarray:
+    "AP50 of each class over the images at indices `images` (repeats allowed), from the ranked detections."
+    records = [evaluation.ranked[i] for i in images]
+    tp = np.concatenate([r[0][:, 0] for r in records]) if records else np.zeros(0, bool)
+    labels, scores = (np.concatenate([r[i] for r in records] or [np.zeros(0)]) for i in (1, 2))
+    true = np.concatenate([evaluation.true_labels[i] for i in images] or [np.zeros(0, int)])
+    return np.array([average_precision(*precision_recall(tp[labels == k], scores[labels == k], int((true == k).sum()))[:2])
+                     if (labels == k).any() else 0.0 for k in range(len(CLASSES))])
+
+def bootstrap_intervals(evaluation: Evaluation, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    "Percentile intervals of mAP50 and each class's AP50 when the images are resampled with replacement."
+    rng, n = np.random.default_rng(seed), len(evaluation.ranked)
+    draws = np.array([ranked_ap50(evaluation, rng.integers(0, n, n)) for _ in range(resamples)])
+    tails = [50 * (1 - level), 100 - 50 * (1 - level)]
+    intervals = {"mAP50": np.percentile(draws.mean(axis=1), tails)}
+    intervals |= {c: np.percentile(draws[:, k], tails) for k, c in enumerate(CLASSES)}
+    return {name: [round(float(v), 4) for v in bounds] for name, bounds in intervals.items()}
 
 # %% ../nbs/03_evaluate.ipynb #c937edad
 def median_latency(predict, images: list, runs: int = 30) -> dict:

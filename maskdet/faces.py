@@ -5,13 +5,15 @@
 # %% ../nbs/02_faces.ipynb #a59d239d
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from .core import CLASSES
 
 # %% auto #0
-__all__ = ['square_regions', 'crop_faces', 'apply_box_calibration', 'fit_box_calibration', 'detection_dicts', 'labelled',
+__all__ = ['square_regions', 'crop_faces', 'apply_box_calibration', 'fit_box_calibration', 'letterbox', 'as_tensor', 'nms',
+           'decode_faces', 'share_inside', 'detector_sizes', 'merge_passes', 'detection_dicts', 'labelled',
            'class_hypotheses', 'thresholded']
 
 # %% ../nbs/02_faces.ipynb #be8df265
@@ -47,6 +49,70 @@ def fit_box_calibration(detected: np.ndarray, annotated: np.ndarray) -> dict:
     return {"dx": float(np.median(((annotated[:, 0] + annotated[:, 2]) - (detected[:, 0] + detected[:, 2])) / 2 / dw)),
             "dy": float(np.median(((annotated[:, 1] + annotated[:, 3]) - (detected[:, 1] + detected[:, 3])) / 2 / dh)),
             "sw": float(np.median(aw / dw)), "sh": float(np.median(ah / dh))}
+
+# %% ../nbs/02_faces.ipynb #037255bf
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[float, float]]:
+    "An RGB image resized to fit `size` x `size`, padded with grey (114) at both sides; returns (1, size, size, 3) uint8, scale, (pad x, pad y)."
+    h, w = image.shape[:2]
+    scale = min(size / h, size / w)
+    new_w, new_h = round(w * scale), round(h * scale)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (w, h) else image
+    pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
+    top, bottom, left, right = round(pad_y - 0.1), round(pad_y + 0.1), round(pad_x - 0.1), round(pad_x + 0.1)
+    padded = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    return padded[None], scale, (left, top)
+
+def as_tensor(batch: np.ndarray) -> np.ndarray:
+    "A batch of uint8 images (N, H, W, 3) as the network's float32 input (N, 3, H, W) in 0-1."
+    return (batch.astype(np.float32) / 255).transpose(0, 3, 1, 2)
+
+
+# %% ../nbs/02_faces.ipynb #f5c0c55c
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    "Indices of the boxes kept by greedy non-maximum suppression, highest score first."
+    order = np.argsort(-scores, kind="stable")
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = []
+    while len(order):
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        top_left = np.maximum(boxes[best, :2], boxes[rest, :2])
+        bottom_right = np.minimum(boxes[best, 2:], boxes[rest, 2:])
+        inter = np.clip(bottom_right - top_left, 0, None).prod(axis=1)
+        order = rest[inter / (area[best] + area[rest] - inter) <= iou]
+    return np.array(keep, dtype=int)
+
+def decode_faces(output: np.ndarray, config: dict, scale: float, pad: tuple[float, float], shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    "Face boxes (N, 4) in image pixels and confidences (N,) from the detector's output (5, anchors) for an image of `shape`."
+    rows = output.T
+    found = rows[rows[:, 4] > config["detector_conf"]]
+    boxes = np.c_[found[:, :2] - found[:, 2:4] / 2, found[:, :2] + found[:, 2:4] / 2]
+    kept = nms(boxes, found[:, 4], config["detector_iou"])[: config["max_faces"]]
+    h, w = shape[:2]
+    return np.clip((boxes[kept] - [*pad, *pad]) / scale, 0, [w, h, w, h]), found[kept, 4]
+
+# %% ../nbs/02_faces.ipynb #e54ea3f6
+def share_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "The share of each box in `a` (N, 4) that lies inside each box in `b` (M, 4), as (N, M)."
+    top_left, bottom_right = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    return inter / np.maximum((a[:, 2:] - a[:, :2]).prod(axis=1), 1e-9)[:, None]
+
+def detector_sizes(config: dict) -> list[int]:
+    "The detector's input sizes, one pass over the whole image each (a model saved before there were several: its one size)."
+    return [int(size) for size in config.get("detector_sizes") or [config["detector_imgsz"]]]
+
+def merge_passes(passes: list[tuple[np.ndarray, np.ndarray]], config: dict, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    "Calibrated face boxes (N, 4) and confidences (N,) in an image of `shape` from the passes' (boxes in image pixels, confidences)."
+    boxes = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b, _ in passes])
+    conf = np.concatenate([np.asarray(c, float).reshape(-1) for _, c in passes])
+    kept = nms(boxes, conf, config["detector_iou"])
+    if len(passes) > 1 and config.get("face_part"):
+        inside_surer = np.tril(share_inside(boxes[kept], boxes[kept]), k=-1) >= config["face_part"]
+        kept = kept[~inside_surer.any(axis=1)]
+    kept = kept[: config["max_faces"]]
+    h, w = shape[:2]
+    return np.clip(apply_box_calibration(boxes[kept], config.get("box_calibration")), 0, [w, h, w, h]), conf[kept]
 
 # %% ../nbs/02_faces.ipynb #b630ad2f
 def detection_dicts(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> list[dict]:

@@ -13,63 +13,21 @@ import tempfile
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .core import CLASSES, cpu_threads
-from .faces import apply_box_calibration, crop_faces, labelled, thresholded
+from .faces import as_tensor, crop_faces, decode_faces, detector_sizes, labelled, letterbox, merge_passes, thresholded
 
 # %% auto #0
-__all__ = ['RUNNERS', 'MODEL_FILES', 'BACKENDS', 'LABEL_COLOURS', 'letterbox', 'as_tensor', 'nms', 'decode_faces', 'export_onnx',
-           'export_openvino', 'head_scope', 'quantize_openvino', 'onnxruntime_runner', 'image_input', 'openvino_runner',
+__all__ = ['RUNNERS', 'MODEL_FILES', 'BACKENDS', 'LABEL_COLOURS', 'export_onnx', 'export_openvino', 'head_scope',
+           'quantize_openvino', 'onnxruntime_runner', 'image_input', 'openvino_runner', 'detector_runner',
            'classifier_runner', 'ExportedModel', 'find_model', 'installed', 'pick_backend', 'file_version', 'as_rgb',
            'draw_detections', 'Detector']
 
-# %% ../nbs/04_inference.ipynb #037255bf
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[float, float]]:
-    "An RGB image resized to fit `size` x `size`, padded with grey (114) at both sides; returns (1, size, size, 3) uint8, scale, (pad x, pad y)."
-    h, w = image.shape[:2]
-    scale = min(size / h, size / w)
-    new_w, new_h = round(w * scale), round(h * scale)
-    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (w, h) else image
-    pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
-    top, bottom, left, right = round(pad_y - 0.1), round(pad_y + 0.1), round(pad_x - 0.1), round(pad_x + 0.1)
-    padded = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    return padded[None], scale, (left, top)
-
-def as_tensor(batch: np.ndarray) -> np.ndarray:
-    "A batch of uint8 images (N, H, W, 3) as the network's float32 input (N, 3, H, W) in 0-1."
-    return (batch.astype(np.float32) / 255).transpose(0, 3, 1, 2)
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    "Indices of the boxes kept by greedy non-maximum suppression, highest score first."
-    order = np.argsort(-scores, kind="stable")
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = []
-    while len(order):
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        top_left = np.maximum(boxes[best, :2], boxes[rest, :2])
-        bottom_right = np.minimum(boxes[best, 2:], boxes[rest, 2:])
-        inter = np.clip(bottom_right - top_left, 0, None).prod(axis=1)
-        order = rest[inter / (area[best] + area[rest] - inter) <= iou]
-    return np.array(keep, dtype=int)
-
-# %% ../nbs/04_inference.ipynb #f5c0c55c
-def decode_faces(output: np.ndarray, config: dict, scale: float, pad: tuple[float, float], shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-    "Calibrated face boxes (N, 4) and confidences (N,) from the detector's output (5, anchors) for an image of `shape`."
-    rows = output.T
-    found = rows[rows[:, 4] > config["detector_conf"]]
-    boxes = np.c_[found[:, :2] - found[:, 2:4] / 2, found[:, :2] + found[:, 2:4] / 2]
-    kept = nms(boxes, found[:, 4], config["detector_iou"])[: config["max_faces"]]
-    h, w = shape[:2]
-    boxes = np.clip((boxes[kept] - [*pad, *pad]) / scale, 0, [w, h, w, h])
-    return np.clip(apply_box_calibration(boxes, config.get("box_calibration")), 0, [w, h, w, h]), found[kept, 4]
-
 # %% ../nbs/04_inference.ipynb #eb5ae657
-def export_onnx(checkpoint: Path | str, folder: Path | str, imgsz: int | None = None) -> Path:
-    "Export a maskdet `best.pt` to `folder`/model.onnx, classifier.onnx and model.json (detector input `imgsz`, default the model's); returns model.onnx."
+def export_onnx(checkpoint: Path | str, folder: Path | str) -> Path:
+    "Export a maskdet `best.pt` to `folder`/model.onnx (any input size), classifier.onnx and model.json; returns model.onnx."
     import torch
     from ultralytics import YOLO
 
@@ -77,11 +35,11 @@ def export_onnx(checkpoint: Path | str, folder: Path | str, imgsz: int | None = 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = MaskDetector(checkpoint)
-    config = {**model.config, "detector_imgsz": imgsz or model.config["detector_imgsz"]}
+    config = {**model.config, "detector_sizes": detector_sizes(model.config)}
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "detector.pt"
         shutil.copy(checkpoint, copy)
-        exported = YOLO(copy).export(format="onnx", imgsz=config["detector_imgsz"], simplify=True, verbose=False)
+        exported = YOLO(copy).export(format="onnx", imgsz=config["detector_sizes"][0], dynamic=True, simplify=True, verbose=False)
         shutil.move(exported, folder / "model.onnx")
     size = config["crop_size"]
     torch.onnx.export(model.classifier.eval(), torch.zeros(1, 3, size, size), folder / "classifier.onnx", dynamo=False,
@@ -109,7 +67,7 @@ def head_scope(model):
                              types=["Sigmoid"], validate=False)
 
 def quantize_openvino(model_xml: Path | str, images: list[np.ndarray], folder: Path | str) -> Path:
-    "An INT8 copy of an OpenVINO maskdet model in `folder`, its detector calibrated on RGB `images`; returns its model.xml."
+    "An INT8 copy of an OpenVINO maskdet model in `folder`, its detector calibrated on RGB `images` (at each of its sizes in turn); returns its model.xml."
     import logging
 
     import nncf
@@ -117,9 +75,10 @@ def quantize_openvino(model_xml: Path | str, images: list[np.ndarray], folder: P
     nncf.set_log_level(logging.ERROR)
     model_xml, folder = Path(model_xml), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    size = json.loads((model_xml.parent / "model.json").read_text())["detector_imgsz"]
+    sizes = detector_sizes(json.loads((model_xml.parent / "model.json").read_text()))
     detector = ov.Core().read_model(model_xml)
-    calibration = nncf.Dataset(images, lambda image: as_tensor(letterbox(image, size)[0]))
+    calibration = nncf.Dataset([(image, sizes[i % len(sizes)]) for i, image in enumerate(images)],
+                               lambda item: as_tensor(letterbox(*item)[0]))
     quantized = nncf.quantize(detector, calibration, subset_size=len(images), ignored_scope=head_scope(detector))
     ov.save_model(quantized, folder / "model.xml", compress_to_fp16=False)
     for name in ("classifier.xml", "classifier.bin", "classifier.onnx", "model.json"):
@@ -150,11 +109,14 @@ def image_input(model):
     steps.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0)
     return steps.build()
 
-def openvino_runner(path: Path, threads: int | None = None, precision: str = "f32", images: bool = False):
-    "A function running the model at `path` (OpenVINO IR or ONNX) on OpenVINO's CPU plugin, tuned for latency, in `precision` (f32 or bf16)."
+def openvino_runner(path: Path, threads: int | None = None, precision: str = "f32", images: bool = False, size: int | None = None):
+    "A function running the model at `path` (OpenVINO IR or ONNX) on OpenVINO's CPU plugin, tuned for latency, in `precision` (f32 or bf16); `size`: compiled for square images of that side."
     import openvino as ov
     core = ov.Core()
-    model = image_input(core.read_model(str(path))) if images else core.read_model(str(path))
+    model = core.read_model(str(path))
+    if size:
+        model.reshape([1, 3, size, size])
+    model = image_input(model) if images else model
     compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision,
                                                            "INFERENCE_NUM_THREADS": threads or cpu_threads()})
     request, lock = compiled.create_infer_request(), threading.Lock()
@@ -164,6 +126,12 @@ def openvino_runner(path: Path, threads: int | None = None, precision: str = "f3
     return run
 
 RUNNERS = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
+
+def detector_runner(path: Path, backend: str, size: int, threads: int | None = None, precision: str = "f32"):
+    "The face detector's runner for `size` x `size` images: OpenVINO compiles the model for that shape (a static shape runs faster), ONNX Runtime runs it as exported (any shape)."
+    if backend == "openvino":
+        return openvino_runner(path, threads, precision, images=True, size=size)
+    return onnxruntime_runner(path, threads, precision, images=True)
 
 def classifier_runner(folder: Path, backend: str, threads: int | None = None, precision: str = "f32"):
     "The mask classifier's runner: ONNX Runtime when installed and in fp32 (fastest for a varying number of crops), else `backend`."
@@ -177,13 +145,17 @@ class ExportedModel:
     def __init__(self, path: Path | str, backend: str = "openvino", threads: int | None = None, precision: str = "f32"):
         path = Path(path)
         self.config = json.loads((path.parent / "model.json").read_text())
-        self.detector = RUNNERS[backend](path, threads, precision, images=True)
+        self.detectors = {size: detector_runner(path, backend, size, threads, precision) for size in detector_sizes(self.config)}
         self.classifier = classifier_runner(path.parent, backend, threads, precision)
 
+    def detector_pass(self, image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        "Face boxes in image pixels (uncalibrated) and confidences from one detector pass at input `size`."
+        batch, scale, pad = letterbox(image, size)
+        return decode_faces(self.detectors[size](batch)[0], self.config, scale, pad, image.shape)
+
     def faces(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        "Calibrated face boxes (N, 4) and confidences (N,) in an RGB image."
-        batch, scale, pad = letterbox(image, self.config["detector_imgsz"])
-        return decode_faces(self.detector(batch)[0], self.config, scale, pad, image.shape)
+        "Calibrated face boxes (N, 4) and confidences (N,) in an RGB image, from every pass in `detector_sizes`."
+        return merge_passes([self.detector_pass(image, size) for size in self.detectors], self.config, image.shape)
 
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
         "Class probabilities (N, 3) of face crops."

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import CLASSES
-from .faces import apply_box_calibration, crop_faces, labelled, thresholded
+from .faces import as_tensor, crop_faces, decode_faces, detector_sizes, labelled, letterbox, merge_passes, thresholded
 
 # %% auto #0
 __all__ = ['MODEL_KEY', 'CropClassifier', 'MaskClassifier', 'ClassifierEnsemble', 'MaskDetector', 'save_checkpoint',
@@ -77,16 +77,18 @@ class MaskDetector:
             raise ValueError(f"{self.path} is a plain YOLO checkpoint without a mask classifier: train one with `maskdet train`.")
         self.classifier: CropClassifier = checkpoint[MODEL_KEY]["classifier"].float().eval()
         self.config: dict = checkpoint[MODEL_KEY]["config"]
-        self.detector = YOLO(self.path)
+        self.network = YOLO(self.path).model.fuse(verbose=False).float().eval()
+
+    @torch.no_grad()
+    def detector_pass(self, image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        "Face boxes in image pixels (uncalibrated) and confidences from one detector pass at input `size`."
+        batch, scale, pad = letterbox(image, size)
+        output = self.network(torch.from_numpy(as_tensor(batch)))[0].numpy()
+        return decode_faces(output[0], self.config, scale, pad, image.shape)
 
     def faces(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        "Calibrated face boxes (N, 4) and detector confidences (N,) in an RGB image."
-        c = self.config
-        found = self.detector.predict(np.ascontiguousarray(image[..., ::-1]), imgsz=c["detector_imgsz"], conf=c["detector_conf"],
-                                      iou=c["detector_iou"], max_det=c["max_faces"], rect=False, verbose=False)[0].boxes
-        boxes = apply_box_calibration(found.xyxy.numpy(), c.get("box_calibration"))
-        h, w = image.shape[:2]
-        return np.clip(boxes, 0, [w, h, w, h]), found.conf.numpy()
+        "Calibrated face boxes (N, 4) and detector confidences (N,) in an RGB image, from every pass in `detector_sizes`."
+        return merge_passes([self.detector_pass(image, size) for size in detector_sizes(self.config)], self.config, image.shape)
 
     def face_probabilities(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         "Class probabilities (N, 3) of the faces at `boxes` in `image`."
@@ -117,5 +119,5 @@ def save_checkpoint(detector_weights: Path | str, classifier: CropClassifier, co
 
 def default_config(params: dict) -> dict:
     "Model settings from the `model` section of params.yaml, thresholds at their defaults."
-    keys = ("detector_imgsz", "detector_conf", "detector_iou", "max_faces", "crop_size", "margin")
+    keys = ("detector_sizes", "detector_conf", "detector_iou", "face_part", "max_faces", "crop_size", "margin")
     return {**{k: params[k] for k in keys}, "thresholds": {c: params["default_threshold"] for c in CLASSES}, "box_calibration": None}

@@ -156,7 +156,7 @@ def test_prediction_features_and_compliance_with_a_model(site, inputs, tmp_path)
 
     paths, windows, _ = site
     weights = inputs["weights"]
-    config = default_config(load_params("model", paths) | {"detector_imgsz": 320})  # 320 px: faster, still finds faces
+    config = default_config(load_params("model", paths) | {"detector_sizes": [320]})  # one 320 px pass: faster
     checkpoint = save_checkpoint(weights, MaskClassifier.from_yolo(weights), config, tmp_path / "model" / "best.pt")
     detector = Detector(export_onnx(checkpoint, tmp_path / "model"))
     result = check(site, tmp_path, current=windows["clean"], detector=detector)

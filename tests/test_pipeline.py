@@ -16,7 +16,7 @@ from maskdet.core import CLASSES
 from maskdet.data import sample_voc
 
 QUICK = {
-    "model.detector_imgsz": 320,
+    "model.detector_sizes": [320],
     "train.detector.epochs": 1,
     "train.detector.imgsz": 320,
     "train.detector.batch": 8,
