@@ -10,6 +10,7 @@ import statistics
 import time
 
 from maskdet.core import load_params, setup_runtime
+from maskdet.data import configured_sources
 
 
 def time_predictions(model, images, runs, imgsz):
@@ -32,7 +33,7 @@ def main():
     from ultralytics import YOLO
 
     inputs = load_params("inputs")
-    images = sorted((paths.resolve(inputs["dataset"]) / "images").glob("*.png"))[:10]
+    images = sorted((configured_sources(paths)[0].path / "images").glob("*.png"))[:10]
     cores = len(os.sched_getaffinity(0))
     baseline_threads = max(1, cores - 1)
     rows = []

@@ -77,12 +77,12 @@ def run_stage(name: str, paths: ProjectPaths) -> Path:
 
 # %% ../nbs/10_cli.ipynb #54ff5b63
 def prepare_command(args: argparse.Namespace) -> None:
-    "Run the prepare stage after checking that the data set and the label corrections file are there."
-    from maskdet.data import DataSourceError, check_source, read_label_corrections
+    "Run the prepare stage after checking that the data sets and the label corrections file are there."
+    from maskdet.data import DataSourceError, read_label_corrections, sources_from_params
     paths = setup_runtime()
     prepare = load_params("prepare", paths)
     try:
-        check_source(paths.resolve(load_params("inputs", paths)["dataset"]), prepare.get("format", "auto"))
+        sources_from_params(load_params("inputs", paths), prepare.get("class_map", {}), paths)
         if prepare.get("label_corrections"):
             read_label_corrections(paths.resolve(prepare["label_corrections"]))
     except DataSourceError as error:

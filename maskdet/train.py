@@ -206,10 +206,11 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
         config = default_config(model)
         save_checkpoint(detector_weights, classifier, config, output)
         detector = MaskDetector(output)
+        photos = {split: [image for image in images[split] if image.kind == "scene"] for split in images}
         if model["box_calibration"]:
-            config["box_calibration"] = fit_box_calibration(*matched_boxes(detector, images["train"][: train["calibration_images"]]))
+            config["box_calibration"] = fit_box_calibration(*matched_boxes(detector, photos["train"][: train["calibration_images"]]))
             detector.config = config
-        val_metrics = class_metrics(evaluate_model(detector, images["val"]))
+        val_metrics = class_metrics(evaluate_model(detector, photos["val"]))
         config["thresholds"] = {c: round(m["threshold"], 4) for c, m in val_metrics.items()}
         save_checkpoint(detector_weights, classifier, config, output)
         mlflow.log_metrics({f"val/{c}/{k}": v for c, m in val_metrics.items() for k, v in m.items()}

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from maskdet.core import load_params, project_paths
+from maskdet.data import configured_sources
 
 BIN = Path(sys.executable).parent
 
@@ -21,12 +22,13 @@ def project():
 
 @pytest.fixture(scope="session")
 def inputs(project):
-    """Paths of the real data set and starting weights named in params.yaml: they must exist."""
+    """Paths of the folder of data sets, the starting weights and the real data set (the first source) named in
+    params.yaml: they must exist."""
     params = load_params("inputs", project)
-    found = {name: project.resolve(path) for name, path in params.items()}
+    found = {name: project.resolve(params[name]) for name in ("root", "weights")}
     missing = [f"{name}: {path}" for name, path in found.items() if not path.exists()]
     assert not missing, f"inputs named in params.yaml are missing: {missing}"
-    return found
+    return found | {"dataset": configured_sources(project)[0].path}
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,8 @@ def pipeline(project, inputs, tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     dataset = sample_voc(inputs["dataset"], tmp_path_factory.mktemp("data") / "voc", 60)
     weights = str(inputs["weights"])
-    where = {"inputs.dataset": str(dataset), "inputs.weights": weights, "train.backbone": weights}
+    where = {"inputs.root": str(dataset.parent), "inputs.sources": [{"name": "sample", "path": dataset.name}],
+             "inputs.weights": weights, "train.backbone": weights}
     copy = copy_project(project, root, QUICK | where)
     done = run([BIN / "dvc", "repro"], copy)
     return copy, done
