@@ -66,7 +66,6 @@ def as_tensor(batch: np.ndarray) -> np.ndarray:
     "A batch of uint8 images (N, H, W, 3) as the network's float32 input (N, 3, H, W) in 0-1."
     return (batch.astype(np.float32) / 255).transpose(0, 3, 1, 2)
 
-
 # %% ../nbs/02_faces.ipynb #f5c0c55c
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     "Indices of the boxes kept by greedy non-maximum suppression, highest score first."
@@ -103,10 +102,13 @@ def detector_sizes(config: dict) -> list[int]:
     return [int(size) for size in config.get("detector_sizes") or [config["detector_imgsz"]]]
 
 def merge_passes(passes: list[tuple[np.ndarray, np.ndarray]], config: dict, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-    "Calibrated face boxes (N, 4) and confidences (N,) in an image of `shape` from the passes' (boxes in image pixels, confidences)."
+    "Calibrated face boxes (N, 4) and confidences (N,) in an image of `shape` from the passes' (boxes in image pixels, confidences), finest first."
     boxes = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b, _ in passes])
     conf = np.concatenate([np.asarray(c, float).reshape(-1) for _, c in passes])
-    kept = nms(boxes, conf, config["detector_iou"])
+    finest = np.arange(len(boxes)) < len(np.asarray(passes[0][1]).reshape(-1))
+    large = (boxes[:, 2:] - boxes[:, :2]).max(axis=1) >= config.get("coarse_min_face", 0) * max(shape[:2])
+    candidates = np.flatnonzero(finest | large)
+    kept = candidates[nms(boxes[candidates], conf[candidates], config["detector_iou"])]
     if len(passes) > 1 and config.get("face_part"):
         inside_surer = np.tril(share_inside(boxes[kept], boxes[kept]), k=-1) >= config["face_part"]
         kept = kept[~inside_surer.any(axis=1)]

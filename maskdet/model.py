@@ -119,5 +119,5 @@ def save_checkpoint(detector_weights: Path | str, classifier: CropClassifier, co
 
 def default_config(params: dict) -> dict:
     "Model settings from the `model` section of params.yaml, thresholds at their defaults."
-    keys = ("detector_sizes", "detector_conf", "detector_iou", "face_part", "max_faces", "crop_size", "margin")
+    keys = ("detector_sizes", "detector_conf", "detector_iou", "coarse_min_face", "face_part", "max_faces", "crop_size", "margin")
     return {**{k: params[k] for k in keys}, "thresholds": {c: params["default_threshold"] for c in CLASSES}, "box_calibration": None}

@@ -16,13 +16,15 @@ from maskdet.core import CLASSES
 from maskdet.data import sample_voc
 
 QUICK = {
-    "model.detector_sizes": [320],
+    "model.detector_sizes": [320, 160],
     "train.detector.epochs": 1,
     "train.detector.imgsz": 320,
     "train.detector.batch": 8,
     "train.classifier.epochs": 2,
     "train.calibration_images": 10,
     "evaluate.latency_runs": 3,
+    "evaluate.closeup_min_face": 20,
+    "evaluate.bootstrap_resamples": 100,
     "export.int8_calibration_images": 20,
     "export.latency_runs": 3,
 }
@@ -51,9 +53,14 @@ def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
     assert all(keys <= set(m) for m in metrics["per_class"].values())
     assert 0 < metrics["mAP50"] <= 1 and metrics["latency_ms"]["median_ms"] > 0
     # none of the faces in data/label_corrections.csv is among these 60 photos: both label sets agree
-    published = metrics["published_labels"]
-    assert published["faces_relabelled"] == 0 and published["mAP50"] == metrics["mAP50"]
-    assert set(published["per_class"]) == set(CLASSES)
+    reviewed = metrics["reviewed_labels"]
+    assert metrics["labels"] == "published" and reviewed["faces_relabelled"] == 0 and reviewed["mAP50"] == metrics["mAP50"]
+    assert set(reviewed["per_class"]) == set(CLASSES)
+    low, high = metrics["intervals"]["mAP50"]
+    assert low <= metrics["mAP50"] <= high and set(metrics["intervals"]) == {"mAP50", *CLASSES}
+    assert set(metrics["by_face_size"]) == {"<16", "16-32", "32-64", "64-128", ">128"}
+    assert {"all", "frame 240x240", "frame 640x480"} <= set(metrics["closeup"]) and metrics["closeup"]["all"]["frames"] > 0
+    assert 0 <= metrics["closeup"]["all"]["found"] <= 1 and list(metrics["per_source"]) == ["sample"]
     assert (copy / "models" / "best.pt").is_file()
     for plot in ("pr_curve.csv", "f1_curve.csv", "confusion.csv"):
         assert (copy / "reports" / "plots" / plot).stat().st_size > 0
