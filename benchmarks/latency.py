@@ -2,14 +2,15 @@
 
 Usage: .venv/bin/python benchmarks/latency.py [--runs 30] [--passes 640 640,320] [--threads 1 2] [--images 20]
 
-Times the whole model (letterbox, every detector pass, NMS, crops, mask classifier, thresholds) per image
-on real test images, for each set of detector passes (`model.detector_sizes`: "640" is one pass at
-640 px, "640,320" a pass at 640 and one at 320) and thread count, all in one run, and scores each
-backend and set of passes on the test split (mAP50, labels as published). The models are the ones
-`dvc repro` exported into models/ (the exported detector takes any input size); each set of passes is
-a copy of their model.json. Prints a markdown table with median and p90 latency, the speed-up over
-the torch `.pt` model with the same passes and threads, and the cost against the first set of passes
-(the baseline) with the same backend and threads.
+Times the whole model (letterbox, every detector pass, NMS, crops, mask classifier, thresholds) per
+image on real test images, every variant in turn on each image (so the machine's drift falls on all
+alike), for each set of detector passes (`model.detector_sizes`: "640" is one pass at 640 px, "640,320"
+a pass at 640 and one at 320) and thread count, all in one run, and scores each backend and set of
+passes on the test split (mAP50, labels as published). The models are the ones `dvc repro` exported into
+models/ (the exported detector takes any input size); each set of passes is a copy of their model.json.
+Prints a markdown table with median and p90 latency, the speed-up over the torch `.pt` model with the
+same passes and threads, and the cost against the first set of passes (the baseline) with the same
+backend and threads.
 """
 
 import argparse
@@ -62,15 +63,18 @@ def load(paths, path, backend, precision, threads, sizes):
     return detector
 
 
-def latencies(detector, images, runs):
-    "Milliseconds per `predict`, over `runs` calls cycling through `images`, after one warm-up call."
-    detector.predict(images[0])
-    times = []
+def latencies(detectors, images, runs):
+    """Median and p90 milliseconds per `predict` of each detector: `runs` rounds, each calling every detector on the
+    next image, so that the machine's drift falls on all of them alike."""
+    for detector in detectors.values():
+        detector.predict(images[0])
+    times = {key: [] for key in detectors}
     for i in range(runs):
-        start = time.perf_counter()
-        detector.predict(images[i % len(images)])
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), statistics.quantiles(times, n=10)[-1]
+        for key, detector in detectors.items():
+            start = time.perf_counter()
+            detector.predict(images[i % len(images)])
+            times[key].append((time.perf_counter() - start) * 1000)
+    return {key: (statistics.median(t), statistics.quantiles(t, n=10)[-1]) for key, t in times.items()}
 
 
 def main():
@@ -85,31 +89,25 @@ def main():
     paths = setup_runtime()
     if not (paths.models / "openvino" / "int8" / "model.xml").is_file():
         raise SystemExit("models/openvino/int8/model.xml not found: run `dvc repro` first")
-    test = load_split(paths.processed, "test", published=True)
+    test = [image for image in load_split(paths.processed, "test", published=True) if image.kind == "scene"]
     images = [image.rgb() for image in test[: args.images]]
     passes = [[int(size) for size in text.split(",")] for text in args.passes]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for sizes in passes:
-            files = model_files(paths, sizes, Path(tmp))
-            for threads in args.threads:
-                for name in VARIANTS:
-                    detector = load(paths, *files[name], threads, sizes)
-                    median, p90 = latencies(detector, images, args.runs)
-                    accuracy = None
-                    if threads == max(args.threads):
-                        evaluation = evaluate_model(detector.model, test)
-                        accuracy = summary_metrics(class_metrics(evaluation, detector.thresholds))["mAP50"]
-                    rows.append(
-                        {
-                            "passes": ",".join(map(str, sizes)),
-                            "threads": threads,
-                            "variant": name,
-                            "median": median,
-                            "p90": p90,
-                            "mAP50": accuracy,
-                        }
-                    )
+        files = {",".join(map(str, sizes)): (sizes, model_files(paths, sizes, Path(tmp))) for sizes in passes}
+        for threads in args.threads:
+            detectors = {
+                (key, name): load(paths, *variants[name], threads, sizes)
+                for key, (sizes, variants) in files.items()
+                for name in VARIANTS
+            }
+            for (key, name), (median, p90) in latencies(detectors, images, args.runs).items():
+                accuracy = None
+                if threads == max(args.threads):
+                    evaluation = evaluate_model(detectors[key, name].model, test)
+                    accuracy = summary_metrics(class_metrics(evaluation, detectors[key, name].thresholds))["mAP50"]
+                row = {"passes": key, "threads": threads, "variant": name, "median": median, "p90": p90}
+                rows.append(row | {"mAP50": accuracy})
     torch_median = {(r["passes"], r["threads"]): r["median"] for r in rows if r["variant"] == "torch .pt"}
     baseline = {(r["variant"], r["threads"]): r["median"] for r in rows if r["passes"] == args.passes[0]}
     shapes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
