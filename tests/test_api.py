@@ -17,7 +17,7 @@ import pytest
 from conftest import BIN, free_port
 from PIL import Image
 
-from maskdet.core import CLASSES
+from maskdet.core import CLASSES, load_params
 from maskdet.inference import Detector, as_rgb
 from maskdet.predictions import PredictionLog
 
@@ -176,11 +176,12 @@ def test_every_bad_upload_gets_its_4xx_and_the_service_keeps_serving(server, pho
     assert "Traceback" not in output.read_text()
 
 
-def test_model_metrics_health_and_docs(server, photos):
+def test_model_metrics_health_and_docs(server, photos, project):
     client, _, _ = server
     info = client.get("/model").json()
     assert info["name"] == "maskdet" and info["classes"] == list(CLASSES) and info["backend"] == "openvino"
     assert set(info["thresholds"]) == set(CLASSES) and len(info["version"]) == 12
+    assert info["detector_sizes"] == load_params("model", project)["detector_sizes"]  # the passes travel with the model
     assert client.get("/health").json()["status"] == "ok"
     client.post("/predict", files={"file": ("photo.png", photos[PHOTOS[2]])})
     metrics = client.get("/metrics").text
