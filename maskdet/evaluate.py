@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -230,7 +231,6 @@ def webcam_region(box: np.ndarray, share: float, frame: tuple[int, int], shape: 
 
 def degrade(view: np.ndarray, kind: str, face: np.ndarray, rng: np.random.Generator, quality: int = 75) -> np.ndarray:
     "A webcam frame with a degradation of `kind` (see `DEGRADATIONS`) around the face at `face`, then JPEG-compressed."
-    import cv2
     image = view.astype(np.float32)
     if kind == "noise":
         image += rng.normal(0, 10, image.shape)
@@ -249,7 +249,6 @@ def degrade(view: np.ndarray, kind: str, face: np.ndarray, rng: np.random.Genera
 def webcam_view(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, face: int, share: float, frame: tuple[int, int],
                 kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "A webcam frame (image, boxes, labels) of face number `face`, filling `share` of the frame's height, degraded by `kind`."
-    import cv2
     region = webcam_region(boxes[face], share, frame, image.shape, rng)
     scale = frame[1] / (region[3] - region[1])
     warp = np.array([[scale, 0, -region[0] * scale], [0, scale, -region[1] * scale]])
