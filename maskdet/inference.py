@@ -21,7 +21,7 @@ from .faces import as_tensor, crop_faces, decode_faces, detector_sizes, labelled
 
 # %% auto #0
 __all__ = ['RUNNERS', 'MODEL_FILES', 'BACKENDS', 'LABEL_COLOURS', 'export_onnx', 'export_openvino', 'head_scope',
-           'quantize_openvino', 'onnxruntime_runner', 'image_input', 'openvino_runner', 'detector_runner',
+           'quantize_openvino', 'onnxruntime_runner', 'image_input', 'openvino_runner', 'detector_runners',
            'classifier_runner', 'ExportedModel', 'find_model', 'installed', 'pick_backend', 'file_version', 'as_rgb',
            'draw_detections', 'Detector']
 
@@ -127,11 +127,11 @@ def openvino_runner(path: Path, threads: int | None = None, precision: str = "f3
 
 RUNNERS = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
 
-def detector_runner(path: Path, backend: str, size: int, threads: int | None = None, precision: str = "f32"):
-    "The face detector's runner for `size` x `size` images: OpenVINO compiles the model for that shape (a static shape runs faster), ONNX Runtime runs it as exported (any shape)."
+def detector_runners(path: Path, backend: str, sizes: list[int], threads: int | None = None, precision: str = "f32") -> dict:
+    "The face detector's runner for each pass size: OpenVINO compiles one per size (a static shape runs faster), ONNX Runtime one session for all (the export takes any size)."
     if backend == "openvino":
-        return openvino_runner(path, threads, precision, images=True, size=size)
-    return onnxruntime_runner(path, threads, precision, images=True)
+        return {size: openvino_runner(path, threads, precision, images=True, size=size) for size in sizes}
+    return dict.fromkeys(sizes, onnxruntime_runner(path, threads, precision, images=True))
 
 def classifier_runner(folder: Path, backend: str, threads: int | None = None, precision: str = "f32"):
     "The mask classifier's runner: ONNX Runtime when installed and in fp32 (fastest for a varying number of crops), else `backend`."
@@ -145,7 +145,7 @@ class ExportedModel:
     def __init__(self, path: Path | str, backend: str = "openvino", threads: int | None = None, precision: str = "f32"):
         path = Path(path)
         self.config = json.loads((path.parent / "model.json").read_text())
-        self.detectors = {size: detector_runner(path, backend, size, threads, precision) for size in detector_sizes(self.config)}
+        self.detectors = detector_runners(path, backend, detector_sizes(self.config), threads, precision)
         self.classifier = classifier_runner(path.parent, backend, threads, precision)
 
     def detector_pass(self, image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
