@@ -47,7 +47,7 @@ extras = {
         "matplotlib>=3.8",
         "scikit-learn>=1.4",  # grouped, stratified folds (maskdet crossval)
     ],
-    "monitor": ["evidently==0.7.16"],
+    "monitor": ["evidently==0.7.16", "tenacity>=9"],  # tenacity: the drift webhook retries
     "tracking": ["mlflow==3.17.2"],
     "dashboard": [
         "voila==0.5.11",
@@ -62,6 +62,7 @@ extras = {
         "execnb<0.2",
         "ghapi<2",
         "pytest==8.4.2",
+        "schemathesis==4.32.5",  # fuzzes the API from its OpenAPI schema (tests/test_hardening.py)
         "nbval==0.11.0",
         "ruff==0.14.4",
         "httpx>=0.28",

@@ -21,7 +21,7 @@ import yaml
 __all__ = ['PARAMS_FILE', 'CLASSES', 'HUMAN_LOG_FORMAT', 'ULTRALYTICS_INTEGRATIONS_OFF', 'log', 'find_project_root',
            'ProjectPaths', 'project_paths', 'load_params', 'JsonLineFormatter', 'setup_logging', 'cpu_threads',
            'mlflow_tracking_uri', 'runtime_environment', 'install_plot_font', 'configure_ultralytics', 'setup_runtime',
-           'mlflow_experiment', 'Settings']
+           'mlflow_experiment', 'Settings', 'is_loopback']
 
 # %% ../nbs/00_core.ipynb #02340687
 PARAMS_FILE = "params.yaml"
@@ -230,8 +230,19 @@ class Settings:
     max_pixels: int = 40_000_000                  # largest decoded image (decompression bombs)
     max_batch: int = 16                           # most images in one batch request
     webhook_url: str = ""                         # where drift alerts are POSTed, if set
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"                       # address the services listen on; beyond loopback they ask for a key
     port: int = 8000
+    api_keys: str = ""                            # API keys, comma-separated (Authorization: Bearer <key>)
+    api_keys_file: str = ""                       # a file of API keys, one per line (blank lines and # comments ignored)
+    dashboard_token: str = ""                     # the dashboards' token (?token=<token>)
+    max_inferences: int = 2                       # predictions computed at once
+    max_waiting: int = 16                         # requests waiting for their turn; more get 503 with Retry-After
+    max_request_pixels: int = 120_000_000         # decoded pixels of one request, summed over a batch
+    request_timeout_s: float = 60.0               # longest time one prediction request may wait and run
+    log_queue: int = 1000                         # prediction log rows waiting to be written; more are counted as lost
+    log_retention_days: float = 30.0              # log rows and stored images older than this are deleted (0: never)
+    media_dir: str = "media"                      # the only folder whose video files the webcam dashboard may open
+    video_sources: str = "0"                      # other video sources it may open, comma-separated: device indexes, rtsp:// URLs
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> Settings:
@@ -251,3 +262,23 @@ class Settings:
     def path(self, name: str, paths: ProjectPaths | None = None) -> Path:
         "The setting `name` as a path, relative ones inside the project."
         return (paths or project_paths()).resolve(getattr(self, name))
+
+    def keys(self, paths: ProjectPaths | None = None) -> list[str]:
+        "The API keys: `api_keys` and the lines of `api_keys_file`; a missing file is a clear error."
+        keys = [k.strip() for k in self.api_keys.split(",")]
+        if self.api_keys_file:
+            file = self.path("api_keys_file", paths)
+            if not file.is_file():
+                raise ValueError(f"MASKDET_API_KEYS_FILE={self.api_keys_file!r}: no such file; write one API key per line in it")
+            keys += [line.strip() for line in file.read_text().splitlines() if not line.lstrip().startswith("#")]
+        return [k for k in keys if k]
+
+def is_loopback(host: str) -> bool:
+    "Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
