@@ -21,7 +21,7 @@ import yaml
 __all__ = ['PARAMS_FILE', 'CLASSES', 'HUMAN_LOG_FORMAT', 'ULTRALYTICS_INTEGRATIONS_OFF', 'log', 'find_project_root',
            'ProjectPaths', 'project_paths', 'load_params', 'JsonLineFormatter', 'setup_logging', 'cpu_threads',
            'mlflow_tracking_uri', 'runtime_environment', 'install_plot_font', 'configure_ultralytics', 'setup_runtime',
-           'mlflow_experiment', 'Settings', 'is_loopback']
+           'mlflow_experiment', 'Settings', 'ModelError', 'is_loopback']
 
 # %% ../nbs/00_core.ipynb #02340687
 PARAMS_FILE = "params.yaml"
@@ -272,6 +272,9 @@ class Settings:
                 raise ValueError(f"MASKDET_API_KEYS_FILE={self.api_keys_file!r}: no such file; write one API key per line in it")
             keys += [line.strip() for line in file.read_text().splitlines() if not line.lstrip().startswith("#")]
         return [k for k in keys if k]
+
+class ModelError(Exception):
+    "A model that cannot be used (missing, corrupt, truncated, of an unknown format): the message says which file and what to do."
 
 def is_loopback(host: str) -> bool:
     "Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."
