@@ -5,11 +5,19 @@
 # %% ../nbs/04_predictions.ipynb #9c8e7f46
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
+import shutil
 import sqlite3
+import threading
+import time
+from collections import deque
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -20,8 +28,11 @@ from PIL import Image
 from .core import CLASSES
 
 # %% auto #0
-__all__ = ['STATISTICS_SIDE', 'IMMERKAER', 'STATISTIC_COLUMNS', 'SCHEMA', 'colourfulness', 'noise_level', 'image_statistics',
-           'utc_now', 'log_time', 'jpeg_bytes', 'prediction_row', 'parsed_rows', 'PredictionLog']
+__all__ = ['STATISTICS_SIDE', 'IMMERKAER', 'STATISTIC_COLUMNS', 'SCHEMA', 'BUSY_TIMEOUT_S', 'PRUNE_BATCH', 'VACUUM_PAGES',
+           'INCREMENTAL_VACUUM', 'logger', 'SQLITE_FAILURES', 'OS_FAILURES', 'LOW_SPACE_BYTES', 'WRITE_TIMEOUT_S',
+           'RETRY_FIRST_S', 'RETRY_LONGEST_S', 'RETRY_BATCH', 'RETENTION_INTERVAL_S', 'colourfulness', 'noise_level',
+           'image_statistics', 'utc_now', 'log_time', 'jpeg_bytes', 'prediction_row', 'parsed_rows', 'PredictionLog',
+           'free_space', 'failure_reason', 'retryable', 'LogWriter']
 
 # %% ../nbs/04_predictions.ipynb #cc2057e0
 STATISTICS_SIDE = 640
@@ -97,27 +108,62 @@ def parsed_rows(frame: pd.DataFrame) -> pd.DataFrame:
         good &= pd.to_numeric(frame[column], errors="coerce").notna()
     return frame[good].astype({c: float for c in (*STATISTIC_COLUMNS, "latency_ms")})
 
+BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before it gives up
+PRUNE_BATCH = 500      # rows deleted per transaction: a prune makes writers wait for one short batch, not for all of it
+VACUUM_PAGES = 4096    # free pages given back to the file system per transaction, for the same reason
+INCREMENTAL_VACUUM = 2 # PRAGMA auto_vacuum's value for logs created here; older logs reuse their free pages instead
+
 class PredictionLog:
     "The SQLite prediction log at `path` (created on first use, WAL mode)."
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self.create()
+
+    def create(self, timeout: float = BUSY_TIMEOUT_S) -> None:
+        "Make what is missing: the folder, the file (a new one gives freed pages back: incremental auto-vacuum), the table."
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self.connect()) as db:
+        with closing(self.connect(timeout)) as db:
+            if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
 
-    def connect(self) -> sqlite3.Connection:
-        "A new connection that waits up to 30 s for other writers; commits survive a crash of the process (WAL, synchronous=NORMAL)."
-        db = sqlite3.connect(self.path, timeout=30)
+    def connect(self, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+        "A new connection that waits up to `timeout` s for other writers; commits survive a crash of the process (WAL, synchronous=NORMAL)."
+        db = sqlite3.connect(self.path, timeout=timeout)
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
-    def append(self, rows: list[dict]) -> None:
+    def append(self, rows: list[dict], timeout: float = BUSY_TIMEOUT_S) -> None:
         "Store rows (from `prediction_row`) in one transaction."
         if rows:
-            with closing(self.connect()) as db, db:
+            with closing(self.connect(timeout)) as db, db:
                 db.executemany(f"INSERT INTO predictions ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})",
                                [list(row.values()) for row in rows])
+
+    def prune(self, older_than_days: float, timeout: float = BUSY_TIMEOUT_S) -> int:
+        "Delete the rows (and so their images) older than `older_than_days` days (none when <= 0), shrink the file, checkpoint; how many rows went."
+        if older_than_days <= 0:
+            return 0
+        cutoff, deleted = log_time(datetime.now(UTC) - timedelta(days=older_than_days)), 0
+        with closing(self.connect(timeout)) as db:
+            while True:
+                with db:
+                    batch = db.execute("DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE time < ? LIMIT ?)",
+                                       (cutoff, PRUNE_BATCH)).rowcount
+                deleted += batch
+                if batch < PRUNE_BATCH:
+                    break
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL_VACUUM:
+                while db.execute("PRAGMA freelist_count").fetchone()[0]:
+                    db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+        self.checkpoint(timeout)
+        return deleted
+
+    def checkpoint(self, timeout: float = BUSY_TIMEOUT_S) -> bool:
+        "Copy the write-ahead log into the database file and empty it; False when a reader or writer kept it from finishing."
+        with closing(self.connect(timeout)) as db:
+            return db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
 
     def record(self, image: np.ndarray, detections: list[dict], latency_ms: float, **details) -> None:
         "Log one prediction of `image`; `details` as in `prediction_row`."
@@ -152,3 +198,195 @@ class PredictionLog:
     def __len__(self) -> int:
         with closing(self.connect()) as db:
             return db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+
+# %% ../nbs/04_predictions.ipynb #1f392eb9
+logger = logging.getLogger("maskdet.predictions")
+SQLITE_FAILURES = {"SQLITE_BUSY": "locked by another writer", "SQLITE_LOCKED": "locked by another writer",
+                   "SQLITE_FULL": "disk full", "SQLITE_READONLY": "read-only",
+                   "SQLITE_CANTOPEN": "cannot be opened (missing folder or no permission)", "SQLITE_IOERR": "disk I/O error"}
+OS_FAILURES = {errno.ENOSPC: "disk full", errno.EROFS: "read-only", errno.EACCES: "not writable (permission denied)",
+               errno.EPERM: "not writable (permission denied)"}
+
+LOW_SPACE_BYTES = 1 << 20  # an I/O error with less room than this left beside the log is a full disk (SQLite cannot size its -shm)
+
+def free_space(path: Path) -> int:
+    "Free bytes on the file system that holds `path` (or its nearest existing folder)."
+    return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free
+
+def failure_reason(error: Exception, path: Path) -> str:
+    "What a failed write of the log at `path` says about it, in words an operator can act on."
+    name = getattr(error, "sqlite_errorname", "")
+    if name.startswith("SQLITE_IOERR") and free_space(path) < LOW_SPACE_BYTES:
+        return "disk full"
+    found = next((words for code, words in SQLITE_FAILURES.items() if name.startswith(code)), None)
+    return found or OS_FAILURES.get(getattr(error, "errno", None)) or f"not writable ({type(error).__name__}: {error})"
+
+def retryable(error: Exception) -> bool:
+    "Whether a failed write may succeed later (the lock, the disk, the file) rather than never (rows that cannot be stored)."
+    return isinstance(error, (sqlite3.OperationalError, OSError)) or type(error) is sqlite3.DatabaseError
+
+# %% ../nbs/04_predictions.ipynb #b88bd6f3
+WRITE_TIMEOUT_S = 1.0           # how long a write waits for the log's lock before its rows are queued (or retried later)
+RETRY_FIRST_S = 0.25            # the writer's first wait between retries of queued rows; it doubles after each failure...
+RETRY_LONGEST_S = 5.0           # ...up to this
+RETRY_BATCH = 500               # queued rows written per transaction
+RETENTION_INTERVAL_S = 3600.0   # the writer applies the retention and checkpoints when it starts and then this often
+
+class LogWriter:
+    "Writes prediction rows to `log` without ever failing or long delaying a prediction; keeps `retention_days` (0: forever)."
+    def __init__(self, log: PredictionLog, capacity: int, retention_days: float):
+        self.log, self.capacity, self.retention_days = log, capacity, retention_days
+        self.queue: deque[dict] = deque()
+        self.changed = threading.Condition()
+        self.cause: str | None = None     # what keeps rows from being written; None while all is well
+        self.dropping: str | None = None  # why new rows are lost (the queue is full, the writer is closed)
+        self.last_unwritable: str | None = None
+        self.failed_writes = self.lost_rows = 0
+        self.closing, self.stopped, self.deadline = False, False, 0.0
+        self.keeper = self.hold_open()
+        self.thread = threading.Thread(target=self.run, name="maskdet-log-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, rows: list[dict]) -> None:
+        "Log `rows`: written before this returns when the log takes them within WRITE_TIMEOUT_S, else queued. Never raises."
+        with self.changed:
+            behind = bool(self.queue)
+            if behind:
+                self.enqueue(rows)
+        if not behind and not self.write(rows):
+            with self.changed:
+                self.enqueue(rows)
+                self.changed.notify_all()
+
+    def status(self) -> dict:
+        "`ok` (no failure pending), `reason` (what is wrong, or None), `queued` rows, and since start the write attempts that failed and the rows lost."
+        with self.changed:
+            reason = None if self.cause is None else (f"prediction log {self.log.path} {self.cause}: {len(self.queue)} rows waiting"
+                                                      + (f"; {self.dropping}, new rows are lost" if self.dropping else ""))
+            return {"ok": self.cause is None, "reason": reason, "queued": len(self.queue),
+                    "failed_writes": self.failed_writes, "lost_rows": self.lost_rows}
+
+    def close(self, timeout: float = 5.0) -> None:
+        "Write what is queued (trying for up to `timeout` s; what is left is lost) and stop the writer's thread."
+        with self.changed:
+            self.closing, self.deadline = True, time.monotonic() + timeout
+            self.changed.notify_all()
+        self.thread.join(timeout + WRITE_TIMEOUT_S)
+
+    def hold_open(self) -> sqlite3.Connection | None:
+        "An idle connection kept while the writer runs, so that closing a write's connection does not checkpoint the WAL every time."
+        try:
+            db = sqlite3.connect(self.log.path, timeout=WRITE_TIMEOUT_S, check_same_thread=False)
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.Error:
+            return None
+
+    def write(self, rows: list[dict], retry: bool = False) -> bool:
+        "Try to store `rows` (a retry first recreates a missing log); False, with the failure recorded, when they must wait."
+        try:
+            if retry:
+                self.log.create(WRITE_TIMEOUT_S)
+            self.log.append(rows, WRITE_TIMEOUT_S)
+        except Exception as error:
+            if retryable(error):
+                self.failed(error)
+                return False
+            self.drop_unwritable(rows, error)
+        with self.changed:
+            self.settle()
+        return True
+
+    def failed(self, error: Exception) -> None:
+        "Count a failed write; log its reason when it is a new one."
+        words = failure_reason(error, self.log.path)
+        with self.changed:
+            self.failed_writes += 1
+            if words != self.cause:
+                logger.warning("prediction log %s %s: rows are queued (at most %d) and retried", self.log.path, words, self.capacity)
+                self.cause = words
+
+    def drop_unwritable(self, rows: list[dict], error: Exception) -> None:
+        "Count rows that no retry can store as lost; log each new kind of error."
+        with self.changed:
+            self.lost_rows += len(rows)
+            if str(error) != self.last_unwritable:
+                logger.error("prediction log %s: %d rows cannot be stored and are lost (%s: %s)", self.log.path, len(rows),
+                             type(error).__name__, error)
+                self.last_unwritable = str(error)
+
+    def enqueue(self, rows: list[dict]) -> None:
+        "Queue `rows` behind the others (the lock is held); what does not fit is lost."
+        room = 0 if self.stopped else max(self.capacity - len(self.queue), 0)
+        self.queue.extend(rows[:room])
+        if lost := len(rows) - min(room, len(rows)):
+            self.lost_rows += lost
+            why = "its writer is closed" if self.stopped else f"its queue is full ({self.capacity} rows)"
+            if why != self.dropping:
+                logger.error("prediction log %s: %s, new rows are lost", self.log.path, why)
+                self.dropping = why
+
+    def settle(self) -> None:
+        "After a write: once nothing waits any more, the failure is over (the lock is held)."
+        if self.cause and not self.queue:
+            logger.info("prediction log %s written again (%d rows lost since start)", self.log.path, self.lost_rows)
+            self.cause, self.dropping = None, None
+
+    def flush(self) -> bool:
+        "Write the queued rows, oldest first; False when the log refused them (they stay queued)."
+        while True:
+            with self.changed:
+                batch = list(islice(self.queue, RETRY_BATCH))
+            if not batch:
+                return True
+            if not self.write(batch, retry=True):
+                return False
+            with self.changed:
+                for _ in batch:
+                    self.queue.popleft()
+                self.settle()
+
+    def apply_retention(self) -> None:
+        "Delete the rows older than the retention (none when it is 0), checkpoint the WAL, and log what happened."
+        try:
+            deleted = self.log.prune(self.retention_days, WRITE_TIMEOUT_S)
+            self.log.checkpoint(WRITE_TIMEOUT_S)
+        except Exception as error:
+            logger.warning("prediction log %s: retention and checkpoint not done (%s); next try in %g s", self.log.path,
+                           failure_reason(error, self.log.path), RETENTION_INTERVAL_S)
+            return
+        if deleted:
+            logger.info("prediction log %s: %d rows older than %g days deleted", self.log.path, deleted, self.retention_days)
+
+    def run(self) -> None:
+        "The writer's thread: apply the retention on schedule, retry queued rows with growing waits; after `close`, flush and stop."
+        delay, next_retention = 0.0, time.monotonic()
+        while True:
+            if not self.closing and time.monotonic() >= next_retention:
+                self.apply_retention()
+                next_retention = time.monotonic() + RETENTION_INTERVAL_S
+            delay = 0.0 if self.flush() else min(max(2 * delay, RETRY_FIRST_S), RETRY_LONGEST_S)
+            with self.changed:
+                now, retrying, was_closing = time.monotonic(), bool(self.queue), self.closing
+                if was_closing and (not retrying or now >= self.deadline):
+                    break
+                timeout = delay if retrying else next_retention - now
+                if was_closing:
+                    timeout = min(timeout, self.deadline - now)
+                self.changed.wait_for(partial(self.news, was_closing, retrying), timeout)
+        self.stop()
+
+    def news(self, was_closing: bool, retrying: bool) -> bool:
+        "Whether the waiting thread has something new to do: `close` was called, or rows arrived in an empty queue."
+        return self.closing != was_closing or (not retrying and bool(self.queue))
+
+    def stop(self) -> None:
+        "The thread's end: queued rows not written by now are lost."
+        if self.keeper is not None:
+            self.keeper.close()
+        with self.changed:
+            self.stopped = True
+            if self.queue:
+                logger.error("prediction log %s %s: %d queued rows lost at shutdown", self.log.path, self.cause, len(self.queue))
+                self.lost_rows += len(self.queue)
+                self.queue.clear()
