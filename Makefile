@@ -60,12 +60,21 @@ docker-build: docker-tools
 	$(STACK) build
 	docker image prune -f --filter label=maskdet.service
 
-docker-up: docker-build
-	$(STACK) up -d
-	@echo "API http://127.0.0.1:$${MASKDET_API_PORT:-8000}/docs  dashboards http://127.0.0.1:$${MASKDET_DASHBOARD_PORT:-8866}/  MLflow http://127.0.0.1:$${MASKDET_MLFLOW_PORT:-5000}/"
+# The stack's secrets (README, "Security"): random ones written once to deployment/secrets.env (not in git,
+# readable by its owner only); values exported in the environment win over the file.
+SECRETS := deployment/secrets.env
 
-docker-down:
-	$(STACK) down
+$(SECRETS):
+	umask 077 && for name in MASKDET_API_KEYS MASKDET_DASHBOARD_TOKEN MLFLOW_TRACKING_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY; do \
+	  echo "$$name=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"; done > $@
+	@echo "wrote $@: the API key, dashboard token and MLflow admin password of the stack"
+
+docker-up: docker-build $(SECRETS)
+	$(STACK) --env-file $(SECRETS) up -d
+	@echo "API http://127.0.0.1:$${MASKDET_API_PORT:-8000}/docs  dashboards http://127.0.0.1:$${MASKDET_DASHBOARD_PORT:-8866}/?token=...  MLflow http://127.0.0.1:$${MASKDET_MLFLOW_PORT:-5000}/ (secrets: $(SECRETS))"
+
+docker-down: $(SECRETS)
+	$(STACK) --env-file $(SECRETS) down
 
 # Builds the images, starts the stack on free ports, checks it end to end, removes it (its own daemon if none runs).
 test-docker: install docker-tools

@@ -48,7 +48,7 @@ extras = {
         "scikit-learn>=1.4",  # grouped, stratified folds (maskdet crossval)
     ],
     "monitor": ["evidently==0.7.16", "tenacity>=9"],  # tenacity: the drift webhook retries
-    "tracking": ["mlflow==3.17.2"],
+    "tracking": ["mlflow[auth]==3.17.2"],  # auth: the basic-auth app of the MLflow server in compose
     "dashboard": [
         "voila==0.5.11",
         "ipywidgets==8.1.8",

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import psutil
 
-from .core import ProjectPaths, Settings, mlflow_tracking_uri, setup_runtime
+from .core import ProjectPaths, Settings, is_loopback, mlflow_tracking_uri, setup_runtime
 
 # %% auto #0
 __all__ = ['log', 'Service', 'start_service', 'LaunchError', 'answers', 'exited_message', 'wait_until_healthy', 'process_tree',
            'signal_group', 'alive', 'wait_for_exit', 'stop_services', 'Shutdown', 'request_shutdown', 'status_table',
-           'watch', 'supervise', 'program', 'local_host', 'missing_model', 'maskdet_services', 'port_in_use', 'launch']
+           'watch', 'supervise', 'program', 'local_host', 'missing_model', 'maskdet_services', 'missing_secrets',
+           'port_in_use', 'launch', 'access_log', 'voila_config', 'serve_dashboards']
 
 # %% ../nbs/09_launch.ipynb #56e4a9e4
 log = logging.getLogger(__name__)
@@ -224,13 +225,14 @@ def missing_model(paths: ProjectPaths, settings: Settings) -> str | None:
 
 def maskdet_services(paths: ProjectPaths, host: str = "127.0.0.1", mlflow_port: int = 5000, api_port: int = 8000,
                      dashboard_port: int = 8866) -> list[Service]:
-    "The MLflow UI, the API and the dashboards of the project in `paths`; skipped: the API without a model, MLflow with a server."
+    "The MLflow UI (on loopback), the API and the dashboards of the project in `paths`; skipped: the API without a model, MLflow with a server."
     base = f"http://{local_host(host)}"
     store, artifacts = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri(paths), (paths.mlruns / "artifacts").as_uri()
+    mlflow_host = host if is_loopback(host) else "127.0.0.1"  # no login: never beyond this machine
     maskdet = program("maskdet")
     services = [
         Service("mlflow", [program("mlflow"), "server", "--backend-store-uri", store,
-                           "--artifacts-destination", artifacts, "--host", host, "--port", str(mlflow_port), "--workers", "1"],
+                           "--artifacts-destination", artifacts, "--host", mlflow_host, "--port", str(mlflow_port), "--workers", "1"],
                 f"{base}:{mlflow_port}/", f"{base}:{mlflow_port}/health", paths.logs / "mlflow.log"),
         Service("api", [maskdet, "serve", "--host", host, "--port", str(api_port)],
                 f"{base}:{api_port}/docs", f"{base}:{api_port}/health", paths.logs / "api.log"),
@@ -239,10 +241,21 @@ def maskdet_services(paths: ProjectPaths, host: str = "127.0.0.1", mlflow_port: 
     ]
     if store.startswith(("http://", "https://")):
         services[0].state, services[0].url, services[0].note = "skipped", store, "MLFLOW_TRACKING_URI names a tracking server"
+    elif mlflow_host != host:
+        log.warning("MLflow listens on 127.0.0.1 only: it has no login here (the compose stack runs it behind one)")
     if reason := missing_model(paths, Settings.from_env()):
         services[1].state, services[1].note = "skipped", "no model yet: run `make pipeline` (or `dvc repro`) first"
         log.warning("the API is not started: %s", reason)
     return services
+
+# %% ../nbs/09_launch.ipynb #d0140f1e
+def missing_secrets(host: str, settings: Settings, api: bool = True, dashboards: bool = True) -> str | None:
+    "What to set before the API (`api`) and the dashboards (`dashboards`) listen on `host` beyond loopback; None when nothing is missing."
+    if is_loopback(host):
+        return None
+    missing = [*(["MASKDET_API_KEYS (or MASKDET_API_KEYS_FILE)"] if api and not settings.keys() else []),
+               *(["MASKDET_DASHBOARD_TOKEN"] if dashboards and not settings.dashboard_token else [])]
+    return f"--host {host} is reachable from other machines: set {' and '.join(missing)} first" if missing else None
 
 # %% ../nbs/09_launch.ipynb #c1937d23
 def port_in_use(host: str, port: int) -> bool:
@@ -259,6 +272,8 @@ def launch(host: str = "127.0.0.1", mlflow_port: int = 5000, api_port: int = 800
            timeout: float = 120.0, grace: float = 10.0) -> int:
     "Run the MLflow UI, the API and the dashboards until Ctrl-C or SIGTERM (exit status 0) or a failure (1)."
     paths = setup_runtime(log_name="launch", with_ultralytics=False)
+    if problem := missing_secrets(host, Settings.from_env()):
+        raise ValueError(problem)
     ports = {"--mlflow-port": mlflow_port, "--api-port": api_port, "--dashboard-port": dashboard_port}
     if len(set(ports.values())) < len(ports):
         raise ValueError(f"{', '.join(ports)} must be three different ports")
@@ -267,3 +282,31 @@ def launch(host: str = "127.0.0.1", mlflow_port: int = 5000, api_port: int = 800
     (paths.mlruns / "artifacts").mkdir(parents=True, exist_ok=True)
     services = maskdet_services(paths, host, mlflow_port, api_port, dashboard_port)
     return supervise(services, paths.root, os.environ | {"MASKDET_ROOT": str(paths.root)}, timeout, grace)
+
+# %% ../nbs/09_launch.ipynb #ad697d92
+def access_log(handler) -> None:
+    "Log a request of the dashboards' server like tornado does, with its path only: its query string may hold `?token=`."
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    logging.getLogger("tornado.access").log(level, "%d %s %s %.0f ms", status, handler.request.method, handler.request.path,
+                                            1000 * handler.request.request_time())
+
+def voila_config(token: str):
+    "The Voila settings given in memory: the dashboards' `token` (empty: none) and `access_log`."
+    from traitlets.config import Config
+    config = Config()
+    config.Voila.token = token
+    config.Voila.tornado_settings = {"log_function": access_log}
+    return config
+
+def serve_dashboards(folder: Path, host: str, port: int, token: str) -> None:
+    "Serve the Voila dashboards of `folder` on `host`:`port` behind `token` until interrupted."
+    from voila.app import Voila
+    # The `maskdet` Voila template (folder/.jupyter): Voila's lab template without its CDN links, so the pages work offline.
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, (str(folder / ".jupyter"), os.environ.get("JUPYTER_PATH"))))
+    os.environ.pop("MASKDET_DASHBOARD_TOKEN", None)
+    Voila.launch_instance([str(folder), "--no-browser", f"--port={port}", "--Voila.port_retries=0", f"--Voila.ip={host}",
+                           "--template=maskdet", "--VoilaConfiguration.show_tracebacks=False",
+                           # a page closed without its kernel's shutdown leaves the kernel idle: culled after 10 min
+                           "--MappingKernelManager.cull_idle_timeout=600", "--MappingKernelManager.cull_interval=60"],
+                          config=voila_config(token))

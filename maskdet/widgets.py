@@ -6,12 +6,16 @@
 from __future__ import annotations
 
 import base64
+import html
+import importlib.util
 import io
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anywidget
 import cv2
@@ -21,17 +25,29 @@ import pandas as pd
 import traitlets
 from PIL import Image
 
-from .core import CLASSES, Settings, project_paths
-from .inference import LABEL_COLOURS, Detector, draw_detections, file_version, find_model, pick_backend
+from .cli import VIDEO_SUFFIXES
+from .core import CLASSES, Settings, mlflow_tracking_uri, project_paths
+from maskdet.inference import (
+    LABEL_COLOURS,
+    MODEL_FILES,
+    Detector,
+    draw_detections,
+    file_version,
+    find_model,
+    pick_backend,
+)
+from .launch import answers
 from .predictions import PredictionLog
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MESSAGE_COLOURS', 'CAMERA_JS', 'CAMERA_CSS', 'WINDOWS', 'message_html', 'message', 'decoded_image',
-           'jpeg_bytes', 'jpeg_data_url', 'png_bytes', 'ModelPicker', 'compliance_counts', 'compliance_text', 'Camera',
-           'LiveDetection', 'webcam_dashboard', 'log_summary', 'time_bin', 'monitor_figure', 'read_json', 'table_html',
-           'model_panel', 'drift_panel', 'numbers_html', 'recent_images', 'Monitor', 'monitor_dashboard']
+__all__ = ['log', 'MESSAGE_COLOURS', 'CAMERA_JS', 'CAMERA_CSS', 'WINDOWS', 'MONITOR_ROWS', 'message_html', 'message',
+           'table_html', 'decoded_image', 'jpeg_bytes', 'jpeg_data_url', 'png_bytes', 'folder_models', 'tracking_uri',
+           'registry_models', 'model_choices', 'ModelPicker', 'compliance_counts', 'compliance_text', 'Camera',
+           'listed_video_sources', 'media_file', 'allowed_video_source', 'public_url', 'video_choices', 'LiveDetection',
+           'webcam_dashboard', 'log_summary', 'time_bin', 'monitor_figure', 'read_json', 'model_panel', 'drift_panel',
+           'numbers_html', 'recent_images', 'Monitor', 'monitor_dashboard']
 
 # %% ../nbs/08_widgets.ipynb #7bb86939
 MESSAGE_COLOURS = {"info": ("#0b4f8a", "#e8f1fb"), "warning": ("#7a4b00", "#fff4de"), "error": ("#8a1020", "#fde8ea"),
@@ -39,7 +55,6 @@ MESSAGE_COLOURS = {"info": ("#0b4f8a", "#e8f1fb"), "warning": ("#7a4b00", "#fff4
 
 def message_html(text: str, kind: str = "info") -> str:
     "`text` as a coloured, escaped HTML line (`kind`: info, warning, error or ok)."
-    import html
     fg, bg = MESSAGE_COLOURS[kind]
     return (f'<div class="maskdet-message maskdet-{kind}" style="color:{fg};background:{bg};padding:6px 10px;'
             f'border-radius:4px;margin:4px 0">{html.escape(str(text))}</div>')
@@ -47,6 +62,12 @@ def message_html(text: str, kind: str = "info") -> str:
 def message(text: str, kind: str = "info") -> W.HTML:
     "A widget showing `message_html(text, kind)`."
     return W.HTML(message_html(text, kind))
+
+def table_html(rows: list[tuple], header: tuple | None = None) -> str:
+    "A small HTML table of already formatted cells (escaped)."
+    head = f"<tr>{''.join(f'<th>{html.escape(str(h))}</th>' for h in header)}</tr>" if header else ""
+    body = "".join(f"<tr>{''.join(f'<td>{html.escape(str(c))}</td>' for c in row)}</tr>" for row in rows)
+    return f'<table class="maskdet-table">{head}{body}</table>'
 
 # %% ../nbs/08_widgets.ipynb #41bf57bd
 def decoded_image(data: bytes | memoryview | str) -> np.ndarray:
@@ -77,14 +98,56 @@ def png_bytes(figure) -> bytes:
     return buffer.getvalue()
 
 # %% ../nbs/08_widgets.ipynb #99a345c7
+def folder_models(settings: Settings) -> list[Path]:
+    "The model files of the models folder: the file `MASKDET_MODEL` names, then each of `MODEL_FILES` that exists beside it or in it."
+    if settings.model.startswith(("models:/", "runs:/")):
+        path = project_paths().models
+    else:
+        path = settings.path("model")
+    folder = path.parent if path.is_file() else path
+    found = [path, *(folder / name for name in MODEL_FILES)]
+    return list(dict.fromkeys(p for p in found if p.is_file()))
+
+def tracking_uri() -> str:
+    "The MLflow store the dashboards list the registry of: `MLFLOW_TRACKING_URI`, else the project's."
+    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri()
+
+def registry_models(uri: str, versions: int = 5) -> list[str]:
+    "The registry's models as `models:/<name>@<alias>` and `models:/<name>/<version>` (the latest `versions`); empty when there are none or the store cannot be read."
+    if importlib.util.find_spec("mlflow") is None:  # an install without the registry (the dashboard image)
+        return []
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []
+    if uri.startswith(("http://", "https://")) and not answers(uri.rstrip("/") + "/health"):
+        return []
+    try:
+        from mlflow import MlflowClient
+        client, found = MlflowClient(tracking_uri=uri), []
+        for model in client.search_registered_models():
+            numbers = sorted((int(v.version) for v in client.search_model_versions(f"name = '{model.name}'")), reverse=True)
+            found += [f"models:/{model.name}@{alias}" for alias in sorted(model.aliases)]
+            found += [f"models:/{model.name}/{number}" for number in numbers[:versions]]
+        return found
+    except Exception as error:  # e.g. a server behind a login without credentials: its models are left out
+        log.warning("the model registry cannot be listed (%s): only the models folder is offered", type(error).__name__)
+        return []
+
+def model_choices(settings: Settings) -> list[tuple[str, str]]:
+    "The models a dashboard may load, as (label, value) pairs: the configured one first, the models folder's, the registry's."
+    root = project_paths().root
+    local = [(str(p.relative_to(root)) if p.is_relative_to(root) else str(p), str(p)) for p in folder_models(settings)]
+    registered = [(uri, uri) for uri in registry_models(tracking_uri())]
+    if settings.model.startswith(("models:/", "runs:/")):
+        return [(settings.model, settings.model), *(c for c in registered if c[1] != settings.model), *local]
+    return local + registered
+
 class ModelPicker(W.VBox):
-    "Model choice (path or registry alias), Load button, confidence slider and the loaded `Detector` (or None)."
+    "Model choice (from `model_choices`), Load button, confidence slider and the loaded `Detector` (or None)."
     def __init__(self, settings: Settings | None = None, load: bool = True):
         self.settings = settings or Settings.from_env()
         self.detector: Detector | None = None
         self.lock = threading.Lock()
-        self.model = W.Text(value=self.settings.model, description="Model", placeholder="models, path/to/model.xml or models:/maskdet@champion",
-                            layout=W.Layout(width="460px"))
+        self.model = W.Dropdown(options=model_choices(self.settings), description="Model", layout=W.Layout(width="460px"))
         self.load_button = W.Button(description="Load", icon="refresh", layout=W.Layout(width="90px"))
         self.conf = W.FloatSlider(value=0.0, min=0.0, max=0.95, step=0.05, description="Confidence",
                                   readout_format=".2f", layout=W.Layout(width="460px"))
@@ -102,9 +165,14 @@ class ModelPicker(W.VBox):
 
     def load(self) -> Detector | None:
         "Load the chosen model; a problem is shown as a message and leaves no detector."
-        self.status.value = message_html(f"loading {self.model.value} ...")
+        if self.model.value is None:
+            self.detector = None
+            self.status.value = message_html(f"no model: none in the models folder of MASKDET_MODEL={self.settings.model} or in the "
+                                             "registry; train and export one with `dvc repro`", "error")
+            return None
+        self.status.value = message_html(f"loading {self.model.label} ...")
         try:
-            detector = Detector(self.paths_model(), self.settings.backend, precision=self.settings.precision)
+            detector = Detector(self.model.value, self.settings.backend, precision=self.settings.precision)
         except Exception as error:  # any failure to load is a message in the page
             self.detector = None
             self.status.value = message_html(f"no model: {error}", "error")
@@ -113,11 +181,6 @@ class ModelPicker(W.VBox):
             self.detector = detector
         self.status.value = message_html(f"model {detector.path.name} version {detector.version} on {detector.backend}", "ok")
         return detector
-
-    def paths_model(self) -> str:
-        "The model setting with relative paths taken from the project folder."
-        value = self.model.value.strip() or "models"
-        return value if value.startswith(("models:/", "runs:/")) else str(project_paths().resolve(value))
 
     def predict(self, rgb: np.ndarray) -> tuple[list[dict], float]:
         "Detections in `rgb` and the model's latency in ms; RuntimeError when no model is loaded."
@@ -312,6 +375,47 @@ class Camera(anywidget.AnyWidget):
         if reply:
             self.send(reply)
 
+# %% ../nbs/08_widgets.ipynb #81f1d752
+def listed_video_sources(settings: Settings) -> list[str]:
+    "The device indexes and rtsp:// URLs of `MASKDET_VIDEO_SOURCES`; other entries are left out (with a warning in the log)."
+    listed = []
+    for entry in filter(None, (e.strip() for e in settings.video_sources.split(","))):
+        if entry.isdigit() or entry.startswith(("rtsp://", "rtsps://")):
+            listed.append(entry)
+        else:
+            log.warning("MASKDET_VIDEO_SOURCES: an entry that is neither a device index nor an rtsp:// URL is left out")
+    return listed
+
+def media_file(name: str, settings: Settings) -> Path | None:
+    "The video file `name` (relative to `MASKDET_MEDIA_DIR`) with its links followed, when it lies inside that folder; else None."
+    media = settings.path("media_dir").resolve()
+    file = (media / name).resolve()
+    inside = "://" not in name and file.is_relative_to(media) and file.is_file()
+    return file if inside and file.suffix.lower() in VIDEO_SUFFIXES else None
+
+def allowed_video_source(source: str, settings: Settings) -> int | str:
+    "What OpenCV may open for `source`: a listed device index or RTSP URL, or a video file of the media folder; ValueError otherwise."
+    text = str(source).strip()
+    if text in listed_video_sources(settings):
+        return int(text) if text.isdigit() else text
+    if file := media_file(text, settings):
+        return str(file)
+    what = f"a {text.split('://')[0]}:// URL" if "://" in text else repr(text)
+    raise ValueError(f"{what} is not an allowed video source: choose one of the list (cameras and rtsp:// streams are listed in "
+                     "MASKDET_VIDEO_SOURCES, video files are those in MASKDET_MEDIA_DIR)")
+
+def public_url(url: str) -> str:
+    "`url` without its user name, password, query and fragment, to show in a page."
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
+
+def video_choices(settings: Settings) -> list[tuple[str, str]]:
+    "The allowed video sources as (label, value) pairs: cameras, streams (as `public_url`), then the media folder's videos."
+    choices = [(f"camera {s}", s) if s.isdigit() else (public_url(s), s) for s in listed_video_sources(settings)]
+    media = settings.path("media_dir")
+    names = sorted(p.relative_to(media).as_posix() for p in media.rglob("*")) if media.is_dir() else []
+    return choices + [(name, name) for name in names if media_file(name, settings)]
+
 # %% ../nbs/08_widgets.ipynb #52f21429
 class LiveDetection:
     "The modes of the webcam dashboard sharing one model and one prediction log."
@@ -331,8 +435,7 @@ class LiveDetection:
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="Image")
         self.upload_result = W.VBox([message("choose an image: its faces are detected and drawn")])
         self.upload.observe(lambda change: self.on_upload(change["new"]), "value")
-        self.source = W.Text(value="0", description="Source", placeholder="device index, video file or rtsp://...",
-                             layout=W.Layout(width="460px"))
+        self.source = W.Dropdown(options=video_choices(self.settings), description="Source", layout=W.Layout(width="460px"))
         self.video_start, self.video_stop = W.Button(description="Start", icon="play"), W.Button(description="Stop", icon="stop")
         self.video_view = W.Image(format="jpeg", layout=W.Layout(max_width="800px"))
         self.video_stats = W.HTML(message_html("server-side video is off"))
@@ -374,23 +477,24 @@ class LiveDetection:
         except Exception as error:
             self.upload_result.children = [message(str(error), "error")]
             return
-        counts = compliance_counts(detections)
-        rows = "".join(f"<tr><td>{d['label']}</td><td>{d['confidence']:.2f}</td><td>{', '.join(f'{v:.0f}' for v in d['box'])}</td></tr>"
-                       for d in detections)
+        rows = [(d["label"], f"{d['confidence']:.2f}", ", ".join(f"{v:.0f}" for v in d["box"])) for d in detections]
         self.upload_result.children = [
             W.Image(value=jpeg_bytes(draw_detections(rgb, detections)), format="jpeg", layout=W.Layout(max_width="800px")),
-            message(f"{upload['name']}: {compliance_text(counts)} ({latency:.0f} ms)", "ok" if detections else "info"),
-            W.HTML(f'<table class="maskdet-table"><tr><th>label</th><th>confidence</th><th>box</th></tr>{rows}</table>')]
+            message(f"{upload['name']}: {compliance_text(compliance_counts(detections))} ({latency:.0f} ms)", "ok" if detections else "info"),
+            W.HTML(table_html(rows, ("label", "confidence", "box")))]
 
     def start_video(self):
-        "Read and detect the server-side source in a background thread."
+        "Read and detect the chosen server-side source in a background thread; a source off the allow-list is not opened."
         self.stop_video()
-        text = self.source.value.strip()
-        source = int(text) if text.isdigit() else text
-        capture = cv2.VideoCapture(source)
+        try:
+            source = allowed_video_source(self.source.value or "", self.settings)
+        except ValueError as error:
+            self.video_stats.value = message_html(str(error), "error")
+            return
+        capture = cv2.VideoCapture(source, cv2.CAP_ANY if isinstance(source, int) else cv2.CAP_FFMPEG)
         if not capture.isOpened():
-            self.video_stats.value = message_html(f"cannot open video source {text!r}: give a camera index (0), a video file "
-                                                  "on the server or a stream URL (rtsp://...)", "error")
+            self.video_stats.value = message_html(f"cannot open video source {self.source.label}: is the camera connected, the stream "
+                                                  "up, the file a video?", "error")
             return
         self.stopping = threading.Event()
         self.video_thread = threading.Thread(target=self.video_loop, args=(capture, self.stopping), daemon=True)
@@ -503,13 +607,6 @@ def read_json(path: Path):
     except (OSError, ValueError):
         return None
 
-def table_html(rows: list[tuple], header: tuple | None = None) -> str:
-    "A small HTML table of already formatted cells (escaped)."
-    import html
-    head = f"<tr>{''.join(f'<th>{html.escape(str(h))}</th>' for h in header)}</tr>" if header else ""
-    body = "".join(f"<tr>{''.join(f'<td>{html.escape(str(c))}</td>' for c in row)}</tr>" for row in rows)
-    return f'<table class="maskdet-table">{head}{body}</table>'
-
 def model_panel(settings: Settings, reports: Path) -> W.Widget:
     "The serving model: file, version, backend, evaluation metrics and registry state."
     parts = []
@@ -542,7 +639,7 @@ def drift_panel(reports: Path) -> W.Widget:
     kind = {"drift": "error", "no drift": "ok"}.get(decision["status"], "warning")
     verdict = message_html(f"{decision['status']} — checked {decision.get('time', '?')}", kind)
     parts = [W.HTML(f'<div class="maskdet-drift-verdict">{verdict}</div>'),
-             W.HTML(f"<p>{decision.get('message', '')}</p>")]
+             W.HTML(f"<p>{html.escape(str(decision.get('message', '')))}</p>")]
     columns = decision.get("columns") or {}
     if columns:
         rows = [(c, v.get("method", ""), f"{v.get('score', float('nan')):.2g}", "drifted" if v.get("drifted") else "",
@@ -558,31 +655,33 @@ def drift_panel(reports: Path) -> W.Widget:
     html_report = Path(reports) / "drift" / "report.html"
     if html_report.is_file():
         button, frame = W.Button(description="Show evidently report", icon="eye", layout=W.Layout(width="auto")), W.VBox()
-        def show(_):
-            import html
-            frame.children = [W.HTML(f'<iframe srcdoc="{html.escape(html_report.read_text())}" style="width:100%;height:700px;'
-                                     'border:1px solid #ccc"></iframe>')]
+        def show(_):  # sandboxed: the report's scripts run in an origin of their own, away from the dashboard's
+            frame.children = [W.HTML(f'<iframe sandbox="allow-scripts" srcdoc="{html.escape(html_report.read_text())}" '
+                                     'style="width:100%;height:700px;border:1px solid #ccc"></iframe>')]
         button.on_click(show)
         parts += [button, frame]
     return W.VBox(parts)
 
 # %% ../nbs/08_widgets.ipynb #50a7a565
-WINDOWS = {"last hour": pd.Timedelta("1h"), "last day": pd.Timedelta("1D"), "last week": pd.Timedelta("7D"), "all": None}
+WINDOWS = {"last hour": pd.Timedelta("1h"), "last day": pd.Timedelta("1D"), "last week": pd.Timedelta("7D"),
+           "last 30 days": pd.Timedelta("30D")}
+MONITOR_ROWS = 100_000  # the most rows of a window the monitor reads: the latest ones
 
 def numbers_html(summary: dict) -> str:
-    "The headline numbers as a row of tiles."
+    "The headline numbers as a row of tiles (escaped)."
     rate = "n/a" if summary["compliance"] is None else f"{summary['compliance']:.0%}"
     tiles = [("requests", summary["requests"]), ("faces", summary["faces"]), ("compliance", rate),
              ("latency p50", f"{summary['p50_ms']:.0f} ms"), ("p95", f"{summary['p95_ms']:.0f} ms"), ("p99", f"{summary['p99_ms']:.0f} ms"),
              *((c.replace("_", " "), summary[c]) for c in CLASSES)]
     cells = "".join(f'<div class="maskdet-tile" data-name="{name}" style="display:inline-block;margin:4px 10px 4px 0;padding:6px 12px;'
-                    f'background:#f3f5f7;border-radius:4px"><div style="font-size:20px;font-weight:bold">{value}</div>'
+                    f'background:#f3f5f7;border-radius:4px"><div style="font-size:20px;font-weight:bold">{html.escape(str(value))}</div>'
                     f'<div style="font-size:12px;color:#555">{name}</div></div>' for name, value in tiles)
-    span = f"<small>from {summary['first']:%Y-%m-%d %H:%M:%S} to {summary['last']:%Y-%m-%d %H:%M:%S} UTC; models {', '.join(summary['models']) or '?'}</small>"
+    models = html.escape(", ".join(summary["models"]) or "?")
+    span = f"<small>from {summary['first']:%Y-%m-%d %H:%M:%S} to {summary['last']:%Y-%m-%d %H:%M:%S} UTC; models {models}</small>"
     return f'<div class="maskdet-numbers">{cells}</div>{span}'
 
 def recent_images(log: PredictionLog, rows: pd.DataFrame, count: int = 6) -> list[W.Widget]:
-    "Thumbnails of the latest rows whose image is stored, with their boxes drawn."
+    "Thumbnails of the latest rows whose image is stored, with their boxes drawn and their time, source and faces (escaped)."
     shown = []
     for row in rows.iloc[::-1].itertuples():
         if len(shown) >= count:
@@ -592,7 +691,7 @@ def recent_images(log: PredictionLog, rows: pd.DataFrame, count: int = 6) -> lis
             picture = Image.fromarray(draw_detections(rgb, row.detections))
             picture.thumbnail((320, 320))
             shown.append(W.VBox([W.Image(value=jpeg_bytes(np.asarray(picture)), format="jpeg"),
-                                 W.HTML(f"<small>{row.time:%H:%M:%S} {row.source} · {row.faces} faces</small>")]))
+                                 W.HTML(f"<small>{html.escape(f'{row.time:%H:%M:%S} {row.source} · {row.faces} faces')}</small>")]))
     return shown
 
 class Monitor:
@@ -601,7 +700,8 @@ class Monitor:
         self.settings = settings or Settings.from_env()
         self.reports = Path(reports) if reports else project_paths().reports
         self.log_path = self.settings.path("prediction_log")
-        self.window = W.Dropdown(options=list(WINDOWS), value="all", description="Window")
+        self.window = W.Dropdown(options=list(WINDOWS), value="last day", description="Window")
+        self.limit = MONITOR_ROWS
         self.timer = W.Dropdown(options={"off": 0, "10 s": 10, "30 s": 30, "60 s": 60}, value=0, description="Auto refresh")
         self.refresh_button = W.Button(description="Refresh", icon="refresh")
         self.updated = W.HTML()
@@ -613,11 +713,10 @@ class Monitor:
         self.ticking = threading.Event()
 
     def rows(self) -> pd.DataFrame | None:
-        "The log rows in the chosen window, or None when there is no log file."
+        "The log rows of the chosen window (at most the latest `limit`), or None when there is no log file."
         if not self.log_path.is_file():
             return None
-        span = WINDOWS[self.window.value]
-        return PredictionLog(self.log_path).read(since=None if span is None else pd.Timestamp.now("UTC") - span)
+        return PredictionLog(self.log_path).read(since=pd.Timestamp.now("UTC") - WINDOWS[self.window.value], limit=self.limit)
 
     def refresh(self):
         "Re-read the log and the reports and redraw every panel; each problem becomes a message."
@@ -628,13 +727,15 @@ class Monitor:
         else:
             problem = None
         if rows is None or not len(rows):
-            text = problem or (f"no predictions yet in {self.log_path}" + ("" if self.window.value == "all" else f" ({self.window.value})")
-                               + ": send images to the API (`maskdet serve`) or use the webcam dashboard")
+            text = problem or (f"no predictions yet in {self.log_path} ({self.window.value}): send images to the API "
+                               "(`maskdet serve`) or use the webcam dashboard")
             self.numbers.children, self.charts.children, self.images.children = [message(text, "warning" if problem is None else "error")], [], []
         else:
             skipped = rows.attrs.get("skipped", 0)
-            self.numbers.children = [W.HTML(numbers_html(log_summary(rows))),
-                                     *([message(f"{skipped} unreadable rows skipped", "warning")] if skipped else [])]
+            notes = [*([message(f"{skipped} unreadable rows skipped", "warning")] if skipped else []),
+                     *([message(f"only the latest {self.limit} predictions of the {self.window.value} are shown")]
+                       if len(rows) + skipped >= self.limit else [])]
+            self.numbers.children = [W.HTML(numbers_html(log_summary(rows))), *notes]
             try:
                 self.charts.children = [W.Image(value=png_bytes(monitor_figure(rows)), format="png", layout=W.Layout(max_width="1000px"))]
             except Exception as error:

@@ -16,21 +16,29 @@ import pytest
 from conftest import BIN, dashboard_root, free_port
 
 HEALTHY_WITHIN_S = 60
+API_KEY, TOKEN = "launch-key-7d1e", "launch-token-2b8a"
+SECRETS = {"MASKDET_API_KEYS": f"old-key, {API_KEY}", "MASKDET_DASHBOARD_TOKEN": TOKEN}
+NO_SECRETS = {"MASKDET_API_KEYS": "", "MASKDET_API_KEYS_FILE": "", "MASKDET_DASHBOARD_TOKEN": ""}
 
 
-def start_launcher(root, model):
-    """`maskdet launch` in `root` on three free ports; returns the process, its output file and the ports."""
-    ports = {"mlflow": free_port(), "api": free_port(), "dashboard": free_port()}
+def launcher_env(root, model, secrets):
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MASKDET_ROOT": str(root),
-                        "MASKDET_MODEL": str(model), "MASKDET_PREDICTION_LOG": str(root / "predictions.db")}
+                        "MASKDET_MODEL": str(model), "MASKDET_PREDICTION_LOG": str(root / "predictions.db")} | secrets
     for key in ("MLFLOW_TRACKING_URI", "YOLO_CONFIG_DIR", "PYTEST_CURRENT_TEST"):
         env.pop(key, None)
+    return env
+
+
+def start_launcher(root, model, secrets=NO_SECRETS):
+    """`maskdet launch` in `root` on three free ports with `secrets` in its environment; returns the process, its
+    output file and the ports."""
+    ports = {"mlflow": free_port(), "api": free_port(), "dashboard": free_port()}
     output = root / "launcher.log"
     with open(output, "w") as out:
         process = subprocess.Popen(
             [BIN / "maskdet", "launch", "--timeout", str(HEALTHY_WITHIN_S), "--mlflow-port", str(ports["mlflow"]),
              "--api-port", str(ports["api"]), "--dashboard-port", str(ports["dashboard"])],
-            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+            cwd=root, env=launcher_env(root, model, secrets), stdout=out, stderr=subprocess.STDOUT)
     return process, output, ports
 
 
@@ -84,9 +92,10 @@ def stop_on_failure():
 
 def test_launch_serves_everything_until_ctrl_c_and_leaves_no_process(project, inputs, model, tmp_path,
                                                                      stop_on_failure):
+    """With an API key and a dashboard token set: the launched services ask for them."""
     root = dashboard_root(project, tmp_path / "site")
     started = time.monotonic()
-    launcher, output, ports = start_launcher(root, model)
+    launcher, output, ports = start_launcher(root, model, SECRETS)
     stop_on_failure(launcher)
     rows = status_rows(launcher, output)
     print(f"all healthy after {time.monotonic() - started:.1f} s")
@@ -97,11 +106,17 @@ def test_launch_serves_everything_until_ctrl_c_and_leaves_no_process(project, in
         assert (root / "logs" / f"{name}.log").is_file()
 
     photo = (inputs["dataset"] / "images" / "maksssksksss0.png").read_bytes()
-    answer = httpx.post(f"http://127.0.0.1:{ports['api']}/predict", files={"file": ("photo.png", photo)}, timeout=60)
+    predict = f"http://127.0.0.1:{ports['api']}/predict"
+    answer = httpx.post(predict, files={"file": ("photo.png", photo)}, headers={"Authorization": f"Bearer {API_KEY}"},
+                        timeout=60)
     assert answer.status_code == 200 and len(answer.json()["detections"]) >= 2, answer.text
+    assert httpx.post(predict, files={"file": ("photo.png", photo)}, timeout=60).status_code == 401
     assert httpx.get(f"http://127.0.0.1:{ports['mlflow']}/health", timeout=10).status_code == 200
-    page = httpx.get(f"http://127.0.0.1:{ports['dashboard']}/voila/render/monitor.ipynb", timeout=120)
+    monitor = f"http://127.0.0.1:{ports['dashboard']}/voila/render/monitor.ipynb"
+    assert httpx.get(monitor, timeout=30).status_code == 302  # to the login page
+    page = httpx.get(f"{monitor}?token={TOKEN}", timeout=120)
     assert page.status_code == 200  # rendering starts a kernel: a process in a session of its own
+    assert API_KEY not in output.read_text() and TOKEN not in output.read_text()
 
     trees = process_trees(rows)
     assert len(trees) > 3 and any("ipykernel" in " ".join(p.cmdline()) for p in trees)
@@ -109,6 +124,24 @@ def test_launch_serves_everything_until_ctrl_c_and_leaves_no_process(project, in
     assert launcher.wait(timeout=60) == 0, output.read_text()
     assert still_running(trees) == [], output.read_text()
     assert "stopped" in output.read_text().split("Ctrl-C stops everything.")[1]
+    for log in (root / "logs").glob("*.log"):
+        assert API_KEY not in log.read_text() and TOKEN not in log.read_text(), log
+
+
+@pytest.mark.parametrize("secrets, missing", [
+    (NO_SECRETS, "MASKDET_API_KEYS (or MASKDET_API_KEYS_FILE) and MASKDET_DASHBOARD_TOKEN"),
+    (NO_SECRETS | {"MASKDET_API_KEYS": API_KEY}, "MASKDET_DASHBOARD_TOKEN"),
+    (NO_SECRETS | {"MASKDET_DASHBOARD_TOKEN": TOKEN}, "MASKDET_API_KEYS (or MASKDET_API_KEYS_FILE)"),
+])
+def test_launch_beyond_loopback_without_its_secrets_starts_nothing(project, model, tmp_path, secrets, missing):
+    root = dashboard_root(project, tmp_path / "site")
+    done = subprocess.run([BIN / "maskdet", "launch", "--host", "0.0.0.0", "--mlflow-port", str(free_port()),
+                           "--api-port", str(free_port()), "--dashboard-port", str(free_port())],
+                          cwd=root, env=launcher_env(root, model, secrets), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines() == [
+        f"maskdet launch: --host 0.0.0.0 is reachable from other machines: set {missing} first"], done.stderr
+    assert not (root / "logs" / "api.log").exists() and not (root / "logs" / "dashboard.log").exists()
 
 
 def test_when_one_service_dies_the_others_stop_and_it_is_named(project, tmp_path, stop_on_failure):

@@ -4,10 +4,13 @@ The base image is built locally when missing (deployment/build-base.sh: no regis
 Docker daemon is started for the test when none runs (and stopped after it); where the machine refuses to run
 one (dockerd exits at once: no root, no kernel support), the tests are skipped with dockerd's own words.
 The images are built from the repository; `compose up` starts the API, the dashboards, MLflow and the drift
-job on free 127.0.0.1 ports. The API serves the `model` fixture of conftest.py; the drift reference is 120
-real photos prepared as the pipeline prepares them. Real photos go through the published API port; the
-dashboards and MLflow must answer; the drift job must write its decision about the logged predictions into
-its volume. At the end `down -v` removes containers and volumes, and the images this build replaced are pruned.
+job on free 127.0.0.1 ports, with their secrets set as a user sets them (API keys, the dashboards' token,
+MLflow's admin password): each service must refuse a request without its secret and answer one with it, and
+no secret may appear in the services' logs. The API serves the `model` fixture of conftest.py; the drift
+reference is 120 real photos prepared as the pipeline prepares them. Real photos go through the published API
+port; the dashboards and MLflow must answer; the drift job must write its decision about the logged
+predictions into its volume. At the end `down -v` removes containers and volumes, and the images this build
+replaced are pruned.
 """
 
 import json
@@ -30,6 +33,12 @@ STARTED_WITHIN_S = 300
 DRIFT_EVERY_S = 10
 LOGGED = 40  # photos sent through the API: more than the drift check's min_window
 ROOT = Path(__file__).resolve().parents[2]
+API_KEY, TOKEN = "stack-key-5e0b71", "stack-token-c3a9d2"
+MLFLOW_USER, MLFLOW_PASSWORD = "admin", "stack-mlflow-pw-81f4"
+SECRETS = {"MASKDET_API_KEYS": f"stack-old-key, {API_KEY}", "MASKDET_DASHBOARD_TOKEN": TOKEN,
+           "MLFLOW_TRACKING_USERNAME": MLFLOW_USER, "MLFLOW_TRACKING_PASSWORD": MLFLOW_PASSWORD,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "stack-flask-secret-0d6e"}
+AUTHORIZED = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def docker(*args, check=True, timeout=600):
@@ -102,7 +111,7 @@ def stack(project, docker_daemon, model, reference):
         "MASKDET_MODELS_DIR": str(readable_by_all(model)), "MASKDET_DATA_DIR": str(reference),
         "MASKDET_API_PORT": str(ports["api"]), "MASKDET_DASHBOARD_PORT": str(ports["dashboard"]),
         "MASKDET_MLFLOW_PORT": str(ports["mlflow"]),
-        "MASKDET_DRIFT_EVERY": str(DRIFT_EVERY_S), "MASKDET_DRIFT_WINDOW": "1h",
+        "MASKDET_DRIFT_EVERY": str(DRIFT_EVERY_S), "MASKDET_DRIFT_WINDOW": "1h", **SECRETS,
     }
     command = [*compose_command(), "-f", project.root / "deployment" / "docker-compose.yml"]
 
@@ -158,7 +167,7 @@ def test_the_api_detects_faces_in_a_real_photo_through_its_published_port(stack,
     url = f"http://127.0.0.1:{stack['ports']['api']}"
     wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health")
     expected = Detector(model).predict(photos[0])
-    answer = httpx.post(f"{url}/predict", files={"file": upload(photos[0])}, timeout=60)
+    answer = httpx.post(f"{url}/predict", files={"file": upload(photos[0])}, headers=AUTHORIZED, timeout=60)
     assert answer.status_code == 200, answer.text
     found = answer.json()["detections"]
     assert found, "no face found in a photo with faces"
@@ -172,7 +181,8 @@ def test_a_batch_through_the_api_is_logged_and_checked_for_drift(stack, photos):
     wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health")
     for start in range(0, len(photos), 10):
         chunk = photos[start:start + 10]
-        answer = httpx.post(f"{url}/predict/batch", files=[("files", upload(p)) for p in chunk], timeout=120)
+        answer = httpx.post(f"{url}/predict/batch", files=[("files", upload(p)) for p in chunk], headers=AUTHORIZED,
+                            timeout=120)
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["results"]) == len(chunk)
 
@@ -190,22 +200,45 @@ def test_a_batch_through_the_api_is_logged_and_checked_for_drift(stack, photos):
     assert "report.html" in report, report
 
 
-def test_the_dashboards_answer(stack):
+def test_the_api_asks_for_a_key_and_health_stays_open(stack, photos):
+    url = f"http://127.0.0.1:{stack['ports']['api']}"
+    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health")
+    for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": API_KEY}):
+        refused = httpx.post(f"{url}/predict", files={"file": upload(photos[0])}, headers=headers, timeout=60)
+        assert refused.status_code == 401, (headers, refused.status_code, refused.text)
+    answer = httpx.post(f"{url}/predict", files={"file": upload(photos[0])}, headers=AUTHORIZED, timeout=60)
+    assert answer.status_code == 200, answer.text
+
+
+def test_the_dashboards_answer_with_their_token_only(stack):
     url = f"http://127.0.0.1:{stack['ports']['dashboard']}"
-    wait_for(lambda: httpx.get(f"{url}/").status_code == 200, "the dashboards' index")
+    wait_for(lambda: httpx.get(f"{url}/?token={TOKEN}").status_code == 200, "the dashboards' index")
     for page in ("monitor.ipynb", "webcam.ipynb"):
-        answer = httpx.get(f"{url}/voila/render/{page}", timeout=120)
+        refused = httpx.get(f"{url}/voila/render/{page}", timeout=30)
+        assert refused.status_code == 302 and refused.headers["location"].startswith("/login"), page
+        answer = httpx.get(f"{url}/voila/render/{page}?token={TOKEN}", timeout=120)
         assert answer.status_code == 200, (page, answer.status_code)
 
 
-def test_mlflow_answers_and_keeps_a_registry(stack):
+def test_mlflow_asks_for_its_password_and_keeps_a_registry(stack):
     url = f"http://127.0.0.1:{stack['ports']['mlflow']}"
     wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "MLflow's /health")
-    assert httpx.get(f"{url}/").status_code == 200
-    created = httpx.post(f"{url}/api/2.0/mlflow/registered-models/create", json={"name": "maskdet"})
+    admin = (MLFLOW_USER, MLFLOW_PASSWORD)
+    assert httpx.get(f"{url}/").status_code == 401
+    search = f"{url}/api/2.0/mlflow/registered-models/search"
+    assert httpx.get(search).status_code == httpx.get(search, auth=(MLFLOW_USER, "wrong-password")).status_code == 401
+    assert httpx.get(f"{url}/", auth=admin).status_code == 200
+    created = httpx.post(f"{url}/api/2.0/mlflow/registered-models/create", json={"name": "maskdet"}, auth=admin)
     assert created.status_code == 200, created.text
-    listed = httpx.get(f"{url}/api/2.0/mlflow/registered-models/search").json()
+    listed = httpx.get(search, auth=admin).json()
     assert [m["name"] for m in listed["registered_models"]] == ["maskdet"]
+
+
+def test_no_secret_reaches_the_logs(stack):
+    told = stack["compose"]("logs", "--no-color", check=False).stdout
+    assert told, "no logs"
+    for secret in (API_KEY, TOKEN, MLFLOW_PASSWORD, SECRETS["MLFLOW_FLASK_SERVER_SECRET_KEY"]):
+        assert secret not in told
 
 
 def test_the_api_image_holds_no_torch_and_stays_under_1_gb(stack):
