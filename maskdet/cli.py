@@ -12,14 +12,14 @@ import sys
 
 from pathlib import Path
 
-from .core import ProjectPaths, cpu_threads, load_params, setup_runtime
+from .core import ModelError, ProjectPaths, cpu_threads, load_params, setup_runtime
 
 # %% auto #0
 __all__ = ['PACKAGES', 'STAGE_SECTIONS', 'IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'package_version', 'runtime_info', 'info_command',
-           'UserError', 'run_stage', 'prepare_command', 'require', 'train_command', 'evaluate_command',
+           'UserError', 'run_stage', 'prepare_command', 'require', 'require_model', 'train_command', 'evaluate_command',
            'register_command', 'export_command', 'media_inputs', 'predict_video', 'predict_command', 'serve_command',
-           'dashboard_command', 'launch_command', 'tune_command', 'crossval_command', 'drift_command', 'build_parser',
-           'main']
+           'dashboard_command', 'launch_command', 'tune_command', 'crossval_command', 'drift_command',
+           'log_prune_command', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #b1f86f3c
 PACKAGES = ("torch", "ultralytics", "onnxruntime", "openvino", "mlflow", "dvc", "evidently", "fastapi", "voila")
@@ -98,6 +98,11 @@ def require(path: Path, what: str, remedy: str) -> None:
     if not path.exists():
         raise UserError(f"{what} ({path}) not found: {remedy}")
 
+def require_model(path: Path) -> None:
+    "Raise a `ModelError` saying what to do unless `path` is a `best.pt` this maskdet reads (safely, building nothing)."
+    from maskdet.model import load_checkpoint
+    load_checkpoint(path)
+
 def train_command(args: argparse.Namespace) -> None:
     "Run the train stage."
     paths = setup_runtime()
@@ -111,7 +116,7 @@ def train_command(args: argparse.Namespace) -> None:
 def evaluate_command(args: argparse.Namespace) -> None:
     "Run the evaluate stage."
     paths = setup_runtime()
-    require(paths.models / "best.pt", "the trained model", "run `maskdet train` (or `dvc repro train`) first.")
+    require_model(paths.models / "best.pt")
     run_stage("evaluate", paths)
     metrics = json.loads((paths.reports / "metrics.json").read_text())
     per_class = ", ".join(f"{c} {m['ap50']:.3f}" for c, m in metrics["per_class"].items())
@@ -121,6 +126,7 @@ def register_command(args: argparse.Namespace) -> None:
     "Run the register stage."
     paths = setup_runtime()
     require(paths.reports / "metrics.json", "the test metrics", "run `maskdet evaluate` (or `dvc repro evaluate`) first.")
+    require_model(paths.models / "best.pt")
     run_stage("register", paths)
     decision = json.loads((paths.reports / "registry.json").read_text())
     print(f"{decision['model']} version {decision['version']}: {'champion' if decision['promoted'] else 'challenger'} "
@@ -130,7 +136,7 @@ def register_command(args: argparse.Namespace) -> None:
 def export_command(args: argparse.Namespace) -> None:
     "Run the export stage."
     paths = setup_runtime()
-    require(paths.models / "best.pt", "the trained model", "run `maskdet train` (or `dvc repro train`) first.")
+    require_model(paths.models / "best.pt")
     run_stage("export", paths)
     exported = json.loads((paths.reports / "export.json").read_text())
     print(f"exported ONNX and OpenVINO models to {paths.models}; INT8 {'kept' if exported['int8_kept'] else 'dropped'}; "
@@ -194,7 +200,7 @@ def predict_command(args: argparse.Namespace) -> None:
     setup_runtime()
     try:
         detector = Detector(args.model, args.backend)
-    except (FileNotFoundError, ValueError, ImportError) as error:
+    except (ValueError, ImportError) as error:
         raise UserError(str(error)) from None
     files = media_inputs(args.images)
     target = Path(args.save_annotated) if args.save_annotated else None
@@ -234,32 +240,33 @@ def serve_command(args: argparse.Namespace) -> None:
         raise UserError(str(error)) from None
     chosen = {k: v for k, v in {"host": args.host, "port": args.port, "model": args.model, "backend": args.backend}.items() if v is not None}
     settings = replace(settings, **chosen)
+    from maskdet.inference import Detector
     try:
-        from maskdet.inference import find_model, pick_backend
-        pick_backend(find_model(settings.model), settings.backend)
-    except (FileNotFoundError, ValueError, ImportError) as error:
+        Detector(settings.model, settings.backend, precision=settings.precision)  # a model that cannot be used stops it here
+    except (ValueError, ImportError) as error:
         raise UserError(str(error)) from None
     serve(settings)
 
 def dashboard_command(args: argparse.Namespace) -> None:
     "Serve the Voila dashboards of `nbs/dashboards/` (live webcam detection; monitoring and drift) until interrupted."
-    import os
-    import shutil
-    from maskdet.core import project_paths
+    import importlib.util
+
+    from maskdet.core import Settings, project_paths
+    from maskdet.launch import missing_secrets, serve_dashboards
     folder = project_paths().root / "nbs" / "dashboards"
     require(folder, "the dashboard notebooks", "run `maskdet dashboard` in a maskdet checkout (set MASKDET_ROOT to it)")
-    voila = shutil.which("voila", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if voila is None:
+    if importlib.util.find_spec("voila") is None:
         raise UserError("Voila is not installed: pip install -e '.[dashboard]'")
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if problem := missing_secrets(args.host, settings, api=False):
+        raise UserError(problem)
     url = f"http://{args.host}:{args.port}/voila/render"
-    print(f"maskdet dashboards: {url}/webcam.ipynb (live detection), {url}/monitor.ipynb (monitoring and drift)", flush=True)
-    # The `maskdet` Voila template (nbs/dashboards/.jupyter): Voila's lab template without its CDN links, so the pages work offline.
-    data = os.pathsep.join(filter(None, (str(folder / ".jupyter"), os.environ.get("JUPYTER_PATH"))))
-    os.execve(voila, [voila, str(folder), "--no-browser", f"--port={args.port}", "--Voila.port_retries=0", f"--Voila.ip={args.host}",
-                      "--template=maskdet", "--VoilaConfiguration.show_tracebacks=False",
-                      # a page closed without its kernel's shutdown leaves the kernel idle: culled after 10 min
-                      "--MappingKernelManager.cull_idle_timeout=600", "--MappingKernelManager.cull_interval=60"],
-              os.environ | {"JUPYTER_PATH": data})
+    token = " (add ?token=<MASKDET_DASHBOARD_TOKEN> to open them)" if settings.dashboard_token else ""
+    print(f"maskdet dashboards: {url}/webcam.ipynb (live detection), {url}/monitor.ipynb (monitoring and drift){token}", flush=True)
+    serve_dashboards(folder, args.host, args.port, settings.dashboard_token)
 
 # %% ../nbs/10_cli.ipynb #0b2f291c
 def launch_command(args: argparse.Namespace) -> None:
@@ -277,7 +284,7 @@ def tune_command(args: argparse.Namespace) -> None:
     "Run the classifier's hyperparameter search."
     from maskdet.train import tune_classifier
     paths = setup_runtime()
-    require(paths.models / "best.pt", "the trained model", "run `maskdet train` (or `dvc repro train`) first.")
+    require_model(paths.models / "best.pt")
     params = load_params(paths=paths)
     if args.trials:
         params["tune"]["trials"] = args.trials
@@ -297,7 +304,7 @@ def crossval_command(args: argparse.Namespace) -> None:
     if not isinstance(folds, int) or folds < 2:
         raise UserError(f"crossval.folds is {folds!r}: cross-validation needs a whole number of 2 or more folds.")
     require(paths.processed / "manifest.csv", "the prepared data set", "run `maskdet prepare` (or `dvc repro prepare`) first.")
-    require(paths.models / "best.pt", "the trained model", "run `maskdet train` (or `dvc repro train`) first.")
+    require_model(paths.models / "best.pt")
     print(cross_validate(paths, params, paths.processed, paths.models / "best.pt").to_markdown(floatfmt=".4g"))
 
 # %% ../nbs/10_cli.ipynb #f7249fb3
@@ -320,6 +327,33 @@ def drift_command(args: argparse.Namespace) -> None:
     print(f"{decision['message']}; report: {decision['files'].get('html', decision['files']['decision'])}")
     if args.fail_on_drift and decision["drift"]:
         raise SystemExit(1)
+
+# %% ../nbs/10_cli.ipynb #7d2b9f41
+def log_prune_command(args: argparse.Namespace) -> None:
+    "Delete the prediction log's rows (and their images) older than `--days`, by default the retention setting."
+    import sqlite3
+
+    from maskdet.core import Settings
+    from maskdet.predictions import PredictionLog
+    paths = setup_runtime(with_ultralytics=False)
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    days, path = settings.log_retention_days if args.days is None else args.days, settings.path("prediction_log", paths)
+    if days < 0:
+        raise UserError(f"--days {days:g}: give a number of days, 0 to keep everything")
+    if not path.is_file():
+        print(f"no prediction log at {path}: nothing to prune")
+        return
+    if days == 0:
+        print(f"{path}: kept whole (a retention of 0 days keeps everything)")
+        return
+    try:
+        deleted = PredictionLog(path).prune(days)
+    except sqlite3.Error as error:
+        raise UserError(f"prediction log {path} not pruned ({error}): try again when no other process holds it") from None
+    print(f"{path}: deleted {deleted} rows older than {days:g} days")
 
 # %% ../nbs/10_cli.ipynb #2a5837bb
 def build_parser() -> argparse.ArgumentParser:
@@ -374,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="check the log from TIME: ISO time or a duration back from now (90m, 6h, 7d); default: the last drift.window_hours")
     drift.add_argument("--fail-on-drift", action="store_true", help="exit with status 1 when the data drifted")
     drift.set_defaults(func=drift_command)
+    log = commands.add_parser("log", help="look after the prediction log").add_subparsers(dest="action", required=True, metavar="ACTION")
+    prune = log.add_parser("prune", help="delete the rows (and stored images) older than the retention, now")
+    prune.add_argument("--days", type=float, help="delete rows older than this many days (default: MASKDET_LOG_RETENTION_DAYS, 30)")
+    prune.set_defaults(func=log_prune_command)
     return parser
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except UserError as error:
+    except (UserError, ModelError) as error:
         print(f"maskdet {args.command}: {error}", file=sys.stderr)
         return 2
     return 0

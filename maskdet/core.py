@@ -149,6 +149,7 @@ def runtime_environment(paths: ProjectPaths) -> dict[str, str]:
         "OMP_NUM_THREADS": str(cpu_threads()),
         "MLFLOW_TRACKING_URI": mlflow_tracking_uri(paths),
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "DO_NOT_TRACK": "1",
         "DVC_NO_ANALYTICS": "1",
     }

@@ -11,17 +11,19 @@ import json
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .core import CLASSES, cpu_threads
+from .core import CLASSES, ModelError, cpu_threads
 from .faces import as_tensor, crop_faces, decode_faces, detector_sizes, labelled, letterbox, merge_passes, thresholded
 
 # %% auto #0
-__all__ = ['RUNNERS', 'MODEL_FILES', 'BACKENDS', 'LABEL_COLOURS', 'export_onnx', 'export_openvino', 'head_scope',
-           'quantize_openvino', 'onnxruntime_runner', 'image_input', 'openvino_runner', 'detector_runners',
+__all__ = ['EXPORT_AGAIN', 'SIGNATURES', 'RUNNERS', 'MODEL_FILES', 'BACKENDS', 'LABEL_COLOURS', 'export_onnx', 'export_openvino',
+           'head_scope', 'quantize_openvino', 'ModelNotFound', 'check_model_file', 'last_line', 'reading_model',
+           'exported_config', 'onnxruntime_runner', 'image_input', 'openvino_runner', 'detector_runners',
            'classifier_runner', 'ExportedModel', 'find_model', 'installed', 'pick_backend', 'file_version', 'as_rgb',
            'draw_detections', 'Detector']
 
@@ -29,7 +31,7 @@ __all__ = ['RUNNERS', 'MODEL_FILES', 'BACKENDS', 'LABEL_COLOURS', 'export_onnx',
 def export_onnx(checkpoint: Path | str, folder: Path | str) -> Path:
     "Export a maskdet `best.pt` to `folder`/model.onnx (any input size), classifier.onnx and model.json; returns model.onnx."
     import torch
-    from ultralytics import YOLO
+    from ultralytics.engine.exporter import Exporter
 
     from maskdet.model import MaskDetector
     folder = Path(folder)
@@ -37,10 +39,11 @@ def export_onnx(checkpoint: Path | str, folder: Path | str) -> Path:
     model = MaskDetector(checkpoint)
     config = {**model.config, "detector_sizes": detector_sizes(model.config)}
     with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "detector.pt"
-        shutil.copy(checkpoint, copy)
-        exported = YOLO(copy).export(format="onnx", imgsz=config["detector_sizes"][0], dynamic=True, simplify=True, verbose=False)
-        shutil.move(exported, folder / "model.onnx")
+        # what the exporter reads from a network ultralytics loaded itself: its task and the file to write next to
+        model.network.task, model.network.pt_path = "detect", str(Path(tmp) / "detector.pt")
+        options = {"format": "onnx", "imgsz": config["detector_sizes"][0], "dynamic": True, "simplify": True, "batch": 1,
+                   "device": None, "verbose": False, "mode": "export"}
+        shutil.move(Exporter(overrides=options)(model=model.network), folder / "model.onnx")
     size = config["crop_size"]
     torch.onnx.export(model.classifier.eval(), torch.zeros(1, 3, size, size), folder / "classifier.onnx", dynamo=False,
                       input_names=["crops"], output_names=["logits"], dynamic_axes={"crops": {0: "faces"}, "logits": {0: "faces"}})
@@ -85,6 +88,51 @@ def quantize_openvino(model_xml: Path | str, images: list[np.ndarray], folder: P
         shutil.copy(model_xml.parent / name, folder / name)
     return folder / "model.xml"
 
+# %% ../nbs/04_inference.ipynb #2a68eb5c
+class ModelNotFound(ModelError, FileNotFoundError):
+    "A model that is not there: no such file, no model in a folder, no such registry model."
+
+EXPORT_AGAIN = "export it again with `maskdet export` (or `dvc repro export`)"
+SIGNATURES = {".onnx": ("ONNX model", (b"\x08",)), ".xml": ("OpenVINO IR", (b"<?xml", b"<net"))}
+
+def check_model_file(path: Path) -> Path:
+    "`path` if it is there and starts as an ONNX model or OpenVINO IR (with its .bin) does; else a `ModelError`."
+    if not path.is_file():
+        raise ModelError(f"{path} not found: {EXPORT_AGAIN}")
+    kind, starts = SIGNATURES[path.suffix]
+    with path.open("rb") as file:
+        head = file.read(64)
+    if not (head if path.suffix == ".onnx" else head.removeprefix(b"\xef\xbb\xbf").lstrip()).startswith(starts):
+        raise ModelError(f"{path} is not an {kind} (empty, or another kind of file): {EXPORT_AGAIN}")
+    weights = path.with_suffix(".bin")
+    if path.suffix == ".xml" and not (weights.is_file() and weights.stat().st_size):
+        raise ModelError(f"{weights}, the weights of {path.name}, is missing or empty: {EXPORT_AGAIN}")
+    return path
+
+def last_line(error: Exception) -> str:
+    "The last non-empty line of an exception's message (the runtimes put the reason last), or its type."
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+@contextmanager
+def reading_model(path: Path, runtime: str):
+    "Turn `runtime`'s failure to read the model file `path` into a `ModelError` naming it."
+    try:
+        yield
+    except Exception as error:  # ONNX Runtime's and OpenVINO's errors share no base class but Exception
+        raise ModelError(f"{path}: {runtime} cannot read it ({last_line(error)}): {EXPORT_AGAIN}") from None
+
+def exported_config(folder: Path) -> dict:
+    "The settings of the model exported to `folder` (its model.json); a missing or unreadable one is a `ModelError`."
+    file = folder / "model.json"
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelError(f"{file} cannot be read ({type(error).__name__}): {EXPORT_AGAIN}") from None
+    if not isinstance(config, dict) or set(config.get("thresholds") or ()) != set(CLASSES):
+        raise ModelError(f"{file} is not the model.json of a maskdet model (no thresholds for its classes): {EXPORT_AGAIN}")
+    return config
+
 # %% ../nbs/04_inference.ipynb #6f8533cb
 def onnxruntime_runner(path: Path, threads: int | None = None, precision: str = "f32", images: bool = False):
     "A function running the ONNX model at `path` on ONNX Runtime's CPU provider (fp32 only); `images`: it takes uint8 image batches."
@@ -95,8 +143,9 @@ def onnxruntime_runner(path: Path, threads: int | None = None, precision: str = 
     options.intra_op_num_threads = threads or cpu_threads()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads would spin on the cores OpenVINO needs
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    with reading_model(check_model_file(path), "ONNX Runtime"):
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
     convert = as_tensor if images else np.asarray
     return lambda array: session.run(None, {name: convert(array)})[0]
 
@@ -113,12 +162,13 @@ def openvino_runner(path: Path, threads: int | None = None, precision: str = "f3
     "A function running the model at `path` (OpenVINO IR or ONNX) on OpenVINO's CPU plugin, tuned for latency, in `precision` (f32 or bf16); `size`: compiled for square images of that side."
     import openvino as ov
     core = ov.Core()
-    model = core.read_model(str(path))
-    if size:
-        model.reshape([1, 3, size, size])
-    model = image_input(model) if images else model
-    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision,
-                                                           "INFERENCE_NUM_THREADS": threads or cpu_threads()})
+    with reading_model(check_model_file(path), "OpenVINO"):
+        model = core.read_model(str(path))
+        if size:
+            model.reshape([1, 3, size, size])
+        model = image_input(model) if images else model
+        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision,
+                                                     "INFERENCE_NUM_THREADS": threads or cpu_threads()})
     request, lock = compiled.create_infer_request(), threading.Lock()
     def run(array: np.ndarray) -> np.ndarray:
         with lock:
@@ -143,8 +193,8 @@ def classifier_runner(folder: Path, backend: str, threads: int | None = None, pr
 class ExportedModel:
     "The exported face detector and mask classifier on ONNX Runtime or OpenVINO."
     def __init__(self, path: Path | str, backend: str = "openvino", threads: int | None = None, precision: str = "f32"):
-        path = Path(path)
-        self.config = json.loads((path.parent / "model.json").read_text())
+        path = check_model_file(Path(path))
+        self.config = exported_config(path.parent)
         self.detectors = detector_runners(path, backend, detector_sizes(self.config), threads, precision)
         self.classifier = classifier_runner(path.parent, backend, threads, precision)
 
@@ -189,7 +239,7 @@ MODEL_FILES = ("openvino/int8/model.xml", "openvino/fp32/model.xml", "model.onnx
 BACKENDS = {".xml": ("openvino",), ".onnx": ("openvino", "onnxruntime"), ".pt": ("torch",)}
 
 def find_model(model: Path | str) -> Path:
-    "The model file for a file, a folder (its fastest model) or a registry URI such as models:/maskdet@champion."
+    "The model file for a file, a folder (its fastest model) or a registry URI such as models:/maskdet@champion; `ModelNotFound` if none."
     if str(model).startswith(("models:/", "runs:/")):
         from maskdet.registry import model_path
         return model_path(model)
@@ -197,12 +247,12 @@ def find_model(model: Path | str) -> Path:
     if path.is_dir():
         found = [path / name for name in MODEL_FILES if (path / name).is_file()]
         if not found:
-            raise FileNotFoundError(f"no model in {path}/ (looked for {', '.join(MODEL_FILES)}): "
-                                    "train and export one with `dvc repro`")
+            raise ModelNotFound(f"no model in {path}/ (looked for {', '.join(MODEL_FILES)}): "
+                                "train and export one with `dvc repro`")
         return found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"model {path} not found: name a best.pt, model.onnx or model.xml, a folder holding one "
-                                "(e.g. models/), or a registry model such as models:/maskdet@champion")
+        raise ModelNotFound(f"model {path} not found: name a best.pt, model.onnx or model.xml, a folder holding one "
+                            "(e.g. models/), or a registry model such as models:/maskdet@champion")
     return path
 
 def installed(backend: str) -> bool:
@@ -213,7 +263,7 @@ def pick_backend(path: Path, backend: str = "auto") -> str:
     "The backend that runs the model file `path`: `backend` if it can, else (auto) the fastest one installed."
     able = BACKENDS.get(path.suffix)
     if able is None:
-        raise ValueError(f"{path.name}: unknown model format; expected one of {', '.join(BACKENDS)}")
+        raise ModelError(f"{path}: unknown model format; name a best.pt, model.onnx or model.xml (or a folder holding one)")
     if backend != "auto":
         if backend not in able:
             raise ValueError(f"backend {backend!r} cannot run {path.name}; it runs on {' or '.join(able)}")

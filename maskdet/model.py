@@ -5,7 +5,10 @@
 # %% ../nbs/02_model.ipynb #cdba0060
 from __future__ import annotations
 
-import copy
+import json
+import pickle
+import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +16,76 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import CLASSES
+from .core import CLASSES, ModelError
 from .faces import as_tensor, crop_faces, decode_faces, detector_sizes, labelled, letterbox, merge_passes, thresholded
 
 # %% auto #0
-__all__ = ['MODEL_KEY', 'CropClassifier', 'MaskClassifier', 'ClassifierEnsemble', 'MaskDetector', 'save_checkpoint',
-           'default_config']
+__all__ = ['RETRAIN', 'YOLOV8_SCALES', 'BACKBONE_LAYERS', 'MODEL_KEY', 'FILE_FORMAT', 'detector_classes', 'refusal',
+           'read_checkpoint', 'yolov8_backbone', 'CropClassifier', 'MaskClassifier', 'ClassifierEnsemble',
+           'build_classifier', 'MaskDetector', 'plain_values', 'save_checkpoint', 'load_checkpoint', 'classifier_of',
+           'detector_network', 'default_config']
+
+# %% ../nbs/02_model.ipynb #26664787
+def detector_classes() -> list[type]:
+    "The classes a YOLOv8 detection checkpoint holds: the only ones `read_checkpoint` lets a file create."
+    from ultralytics.nn.modules.block import C2f, DFL, SPPF, Bottleneck
+    from ultralytics.nn.modules.conv import Concat, Conv
+    from ultralytics.nn.modules.head import Detect
+    from ultralytics.nn.tasks import DetectionModel
+    return [DetectionModel, Detect, Conv, Concat, C2f, Bottleneck, SPPF, DFL,
+            nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d, nn.Upsample]
+
+RETRAIN = "retrain with `dvc repro train` (or `maskdet train`)"
+_allowing = threading.Lock()  # safe_globals changes a process-wide list: one thread reads a checkpoint at a time
+
+def refusal(path: Path, remedy: str) -> str:
+    "Why `read_checkpoint` refused the checkpoint at `path`: the classes or functions it names beyond `detector_classes`."
+    allowed = {f"{c.__module__}.{c.__qualname__}" for c in detector_classes()}
+    try:
+        unsafe = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed)
+    except (RuntimeError, ValueError):
+        unsafe = []
+    older_maskdet = any(name.startswith("maskdet.") for name in unsafe)  # its classifier: maskdet and torch.nn modules
+    if older_maskdet and all(name.startswith(("maskdet.", "torch.nn.")) for name in unsafe):
+        return (f"{path} was saved by an older maskdet (its classifier is a pickled module, which cannot be loaded "
+                f"safely): {RETRAIN}")
+    if unsafe:
+        return (f"{path} refused: it names {', '.join(unsafe[:5])}, which a YOLOv8 checkpoint does not hold and which "
+                f"could run code when loaded: {remedy}")
+    return f"{path} is a damaged PyTorch checkpoint: {remedy}"
+
+def read_checkpoint(path: Path | str, remedy: str = RETRAIN) -> dict:
+    "A YOLOv8 checkpoint loaded with `weights_only=True` and only `detector_classes`; a file that cannot be used is a `ModelError` ending in `remedy`."
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path} not found: {remedy}")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} is not a PyTorch checkpoint (empty, truncated or another kind of file): {remedy}")
+    try:
+        with _allowing, torch.serialization.safe_globals(detector_classes()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(refusal(path, remedy)) from None
+    except Exception as error:  # a damaged archive surfaces as RuntimeError, EOFError, KeyError, ... from torch
+        raise ModelError(f"{path} is a damaged PyTorch checkpoint ({type(error).__name__}): {remedy}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), nn.Module):
+        raise ModelError(f"{path} is not a YOLOv8 checkpoint (it holds no detector network): {remedy}")
+    return checkpoint
 
 # %% ../nbs/02_model.ipynb #6caa76c3
+YOLOV8_SCALES = ("n", "s", "m", "l", "x")
+BACKBONE_LAYERS = 10  # a YOLOv8's layers up to SPPF
+
+def yolov8_backbone(scale: str) -> nn.Sequential:
+    "The backbone (first ten layers, up to SPPF) of a YOLOv8 of `scale`, built from ultralytics' definition, untrained."
+    from ultralytics.nn.tasks import DetectionModel
+    if scale not in YOLOV8_SCALES:
+        raise ValueError(f"{scale!r} is not a YOLOv8 scale ({', '.join(YOLOV8_SCALES)})")
+    with torch.random.fork_rng(devices=[]):  # its weights are replaced: the caller's random numbers stay as they were
+        return nn.Sequential(*DetectionModel(f"yolov8{scale}.yaml", verbose=False).model[:BACKBONE_LAYERS])
+
 class CropClassifier(nn.Module):
-    "A module mapping face crops (N, 3, size, size) to class scores (N, 3), softmax giving the probabilities."
+    "A module mapping face crops (N, 3, size, size) to class scores (N, 3), softmax giving the probabilities; `architecture()` describes it."
     @torch.no_grad()
     def probabilities(self, crops: np.ndarray, batch: int = 256) -> np.ndarray:
         "Class probabilities (N, 3) of face crops from `crop_faces`."
@@ -31,26 +94,37 @@ class CropClassifier(nn.Module):
         return np.concatenate(parts) if parts else np.zeros((0, len(CLASSES)), np.float32)
 
 class MaskClassifier(CropClassifier):
-    "Three-class face classifier: a YOLOv8 backbone, global average pooling, dropout and a linear head."
-    def __init__(self, backbone: nn.Module, channels: int, dropout: float = 0.2):
+    "Three-class face classifier: the backbone of a YOLOv8 of `scale`, global average pooling, dropout and a linear head."
+    def __init__(self, scale: str = "n", dropout: float = 0.2):
         super().__init__()
-        self.backbone, self.dropout, self.head = backbone, nn.Dropout(dropout), nn.Linear(channels, len(CLASSES))
+        self.scale, self.backbone = scale, yolov8_backbone(scale)
+        with torch.no_grad():
+            channels = self.backbone(torch.zeros(1, 3, 64, 64)).shape[1]
+        self.dropout, self.head = nn.Dropout(dropout), nn.Linear(channels, len(CLASSES))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = F.adaptive_avg_pool2d(self.backbone(x), 1).flatten(1)
         return self.head(self.dropout(features))
 
+    def architecture(self) -> dict:
+        "What builds this classifier again (`build_classifier`), in plain Python values."
+        return {"kind": "MaskClassifier", "scale": self.scale, "dropout": self.dropout.p}
+
     @classmethod
     def from_yolo(cls, weights: Path | str, dropout: float = 0.2) -> MaskClassifier:
         "A classifier whose backbone starts from the first ten layers of a YOLOv8 checkpoint."
-        from ultralytics import YOLO
-        layers = copy.deepcopy(YOLO(weights).model.model[:10]).float()
-        backbone = nn.Sequential(*layers)
-        for parameter in backbone.parameters():
-            parameter.requires_grad_(True)
-        with torch.no_grad():
-            channels = backbone(torch.zeros(1, 3, 64, 64)).shape[1]
-        return cls(backbone, channels, dropout)
+        remedy = "name a YOLOv8 checkpoint (inputs.weights and train.backbone in params.yaml)"
+        network = read_checkpoint(weights, remedy)["model"]
+        scale = getattr(network, "yaml", {}).get("scale")
+        not_yolov8 = ModelError(f"{weights} holds no YOLOv8 backbone: {remedy}")
+        if scale not in YOLOV8_SCALES:
+            raise not_yolov8
+        classifier = cls(scale, dropout)
+        try:
+            classifier.backbone.load_state_dict(nn.Sequential(*network.model[:BACKBONE_LAYERS]).float().state_dict())
+        except RuntimeError:
+            raise not_yolov8 from None
+        return classifier
 
 # %% ../nbs/02_model.ipynb #4f470bf8
 class ClassifierEnsemble(CropClassifier):
@@ -64,20 +138,28 @@ class ClassifierEnsemble(CropClassifier):
         scores = torch.stack([F.log_softmax(member(views), dim=1) for member in self.members]).mean(0)
         return scores.reshape(2 if self.flip else 1, -1, scores.shape[-1]).mean(0)
 
-# %% ../nbs/02_model.ipynb #b756547f
-MODEL_KEY = "maskdet"
+    def architecture(self) -> dict:
+        "What builds this ensemble again (`build_classifier`), in plain Python values."
+        return {"kind": "ClassifierEnsemble", "flip": bool(self.flip), "members": [m.architecture() for m in self.members]}
 
+def build_classifier(architecture: dict) -> CropClassifier:
+    "An untrained classifier as `architecture` (from `architecture()`) describes it."
+    kind = architecture.get("kind")
+    if kind == "ClassifierEnsemble":
+        return ClassifierEnsemble([build_classifier(m) for m in architecture["members"]], bool(architecture["flip"]))
+    if kind == "MaskClassifier":
+        return MaskClassifier(architecture["scale"], float(architecture["dropout"]))
+    raise ValueError(f"unknown classifier kind {kind!r}")
+
+# %% ../nbs/02_model.ipynb #b756547f
 class MaskDetector:
     "The face detector and mask classifier of a maskdet checkpoint, predicting on RGB images."
     def __init__(self, path: Path | str):
-        from ultralytics import YOLO
         self.path = Path(path)
-        checkpoint = torch.load(self.path, map_location="cpu", weights_only=False)
-        if MODEL_KEY not in checkpoint:
-            raise ValueError(f"{self.path} is a plain YOLO checkpoint without a mask classifier: train one with `maskdet train`.")
-        self.classifier: CropClassifier = checkpoint[MODEL_KEY]["classifier"].float().eval()
+        checkpoint = load_checkpoint(self.path)
+        self.classifier: CropClassifier = classifier_of(checkpoint, self.path)
         self.config: dict = checkpoint[MODEL_KEY]["config"]
-        self.network = YOLO(self.path).model.fuse(verbose=False).float().eval()
+        self.network = detector_network(checkpoint)
 
     @torch.no_grad()
     def detector_pass(self, image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,14 +190,49 @@ class MaskDetector:
         return thresholded(*self.scored(image), self.config["thresholds"], conf)
 
 # %% ../nbs/02_model.ipynb #50d526e9
+MODEL_KEY = "maskdet"
+FILE_FORMAT = 2  # 1 (unnumbered): the classifier pickled as a module; 2: its architecture and state_dict
+
+def plain_values(value):
+    "`value` as JSON-like Python values (numpy numbers become Python numbers), which `weights_only` loading accepts."
+    return json.loads(json.dumps(value, default=lambda v: v.item()))
+
 def save_checkpoint(detector_weights: Path | str, classifier: CropClassifier, config: dict, target: Path | str) -> Path:
-    "Write `best.pt`: the detector checkpoint from `detector_weights` plus the classifier and `config`."
-    checkpoint = torch.load(detector_weights, map_location="cpu", weights_only=False)
-    checkpoint[MODEL_KEY] = {"classifier": copy.deepcopy(classifier).cpu().eval(), "config": config, "classes": list(CLASSES)}
+    "Write `best.pt`: the detector checkpoint from `detector_weights` plus the classifier (architecture and weights) and `config`."
+    checkpoint = read_checkpoint(detector_weights, "name a YOLOv8 face detector checkpoint")
+    checkpoint[MODEL_KEY] = {"format": FILE_FORMAT, "classifier": classifier.architecture(),
+                             "weights": {k: v.detach().cpu().clone() for k, v in classifier.state_dict().items()},
+                             "config": plain_values(config), "classes": list(CLASSES)}
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, target)
     return target
+
+def load_checkpoint(path: Path | str) -> dict:
+    "A maskdet `best.pt`, read safely (`read_checkpoint`), with its maskdet part in this version's format; else a `ModelError`."
+    checkpoint = read_checkpoint(path)
+    part = checkpoint.get(MODEL_KEY)
+    if part is None:
+        raise ModelError(f"{path} is a plain YOLO checkpoint without a mask classifier: train one with `maskdet train` "
+                         "(or `dvc repro train`)")
+    if not isinstance(part, dict) or part.get("format") != FILE_FORMAT:
+        found = part.get("format") if isinstance(part, dict) else None
+        raise ModelError(f"{path} was saved by another maskdet (file format {found}; this one reads {FILE_FORMAT}): {RETRAIN}")
+    return checkpoint
+
+def classifier_of(checkpoint: dict, path: Path | str) -> CropClassifier:
+    "The trained mask classifier of a checkpoint from `load_checkpoint` (read from `path`), in fp32 and eval mode."
+    part = checkpoint[MODEL_KEY]
+    try:
+        classifier = build_classifier(part["classifier"])
+        classifier.load_state_dict(part["weights"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise ModelError(f"{path}: its mask classifier cannot be built from it ({type(error).__name__}): {RETRAIN}") from None
+    return classifier.float().eval()
+
+def detector_network(checkpoint: dict) -> nn.Module:
+    "The face detector network of a checkpoint (its EMA weights when it has them) in fp32, fused, in eval mode."
+    return (checkpoint.get("ema") or checkpoint["model"]).float().fuse(verbose=False).eval()
 
 def default_config(params: dict) -> dict:
     "Model settings from the `model` section of params.yaml, thresholds at their defaults."

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import inspect
 import json
 import logging
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
@@ -28,12 +30,13 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SHARE_COLUMNS', 'PREDICTION_COLUMNS', 'FEATURE_COLUMNS', 'NON_COMPLIANT', 'MIN_VALUES', 'DURATION',
-           'DURATION_UNITS', 'LOG_SCALE', 'prediction_features', 'image_features', 'folder_features', 'log_features',
-           'manifest_images', 'source_code', 'features_key', 'save_features', 'load_features', 'cached_features',
-           'reference_features', 'tested_columns', 'drift_report', 'column_drift', 'compliance', 'DriftResult',
-           'compliance_text', 'drift_decision', 'parse_since', 'log_window', 'alert_payloads', 'post_webhook',
-           'raise_alerts', 'served_detector', 'write_reports', 'write_decision', 'drift_check', 'plot_distributions',
-           'plot_scores']
+           'DURATION_UNITS', 'WEBHOOK_ATTEMPTS', 'WEBHOOK_TIMEOUT_S', 'WEBHOOK_BACKOFF_S', 'WEBHOOK_DEADLINE_S',
+           'LOG_SCALE', 'prediction_features', 'image_features', 'folder_features', 'log_features', 'manifest_images',
+           'source_code', 'features_key', 'save_features', 'load_features', 'cached_features', 'reference_features',
+           'tested_columns', 'drift_report', 'column_drift', 'compliance', 'DriftResult', 'compliance_text',
+           'drift_decision', 'parse_since', 'log_window', 'alert_payloads', 'write_alerts', 'raise_alerts',
+           'webhook_failure', 'transient', 'post_once', 'post_webhook', 'served_detector', 'write_reports',
+           'write_decision', 'send_alerts', 'drift_check', 'plot_distributions', 'plot_scores']
 
 # %% ../nbs/06_monitoring.ipynb #065dee5c
 SHARE_COLUMNS = tuple(f"share_{c}" for c in CLASSES)
@@ -206,7 +209,8 @@ class DriftResult:
                 "drifted_share": self.drifted_share, "drift_share": self.params["drift_share"],
                 "columns": {c: {k: (bool(v) if k == "drifted" else v) for k, v in row.items()}
                             for c, row in self.columns.to_dict("index").items()},
-                "compliance": self.compliance, "alerts": [a["kind"] for a in self.alerts], "files": self.files}
+                "compliance": self.compliance, "alerts": [a["kind"] for a in self.alerts],
+                "webhook": {a["kind"]: a["webhook"] for a in self.alerts if "webhook" in a}, "files": self.files}
 
 def compliance_text(found: dict) -> str:
     "The compliance signal in words."
@@ -275,34 +279,77 @@ def alert_payloads(result: DriftResult) -> list[dict]:
         alerts.append(common | {"kind": "compliance", "message": compliance_text(result.compliance), "compliance": result.compliance})
     return alerts
 
-def post_webhook(url: str, payload: dict, timeout: float = 10.0) -> str:
-    "POST `payload` as JSON to `url`; returns 'sent (HTTP n)' or what went wrong (never raises)."
-    request = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "maskdet-drift"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return f"sent (HTTP {answer.status})"
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        return f"failed: {error}"
-
-def raise_alerts(result: DriftResult, reports: Path, webhook_url: str = "") -> list[dict]:
-    "Log the check, and for each alert log it, write `reports/drift/alert.json` and POST it to `webhook_url`; returns the alerts."
+def write_alerts(alerts: list[dict], reports: Path) -> None:
+    "Write `alerts` to `reports/drift/alert.json`, or remove the file when there are none."
     alert_file = Path(reports) / "drift" / "alert.json"
-    alerts = alert_payloads(result)
-    log.info("drift check: %s", result.message, extra={"event": "drift_check", "status": result.status, **result.window,
-                                                       "drifted_columns": result.drifted_columns})
-    for alert in alerts:
-        if webhook_url:
-            alert["webhook"] = post_webhook(webhook_url, alert)
-        log.warning("drift alert (%s): %s", alert["kind"], alert["message"],
-                    extra={"event": "drift_alert", **{k: v for k, v in alert.items() if k != "message"}})
     if alerts:
         alert_file.parent.mkdir(parents=True, exist_ok=True)
         alert_file.write_text(json.dumps(alerts, indent=2, default=str) + "\n")
     else:
         alert_file.unlink(missing_ok=True)
+
+def raise_alerts(result: DriftResult, reports: Path) -> list[dict]:
+    "Log the check, and for each alert log it and write `reports/drift/alert.json`; returns the alerts (also in `result.alerts`)."
+    alerts = alert_payloads(result)
+    log.info("drift check: %s", result.message, extra={"event": "drift_check", "status": result.status, **result.window,
+                                                       "drifted_columns": result.drifted_columns})
+    for alert in alerts:
+        log.warning("drift alert (%s): %s", alert["kind"], alert["message"],
+                    extra={"event": "drift_alert", **{k: v for k, v in alert.items() if k != "message"}})
+    write_alerts(alerts, reports)
     result.alerts = alerts
     return alerts
+
+# %% ../nbs/06_monitoring.ipynb #43d8597c
+WEBHOOK_ATTEMPTS = 4        # tries of one alert's POST
+WEBHOOK_TIMEOUT_S = 5.0     # longest wait for an answer to one try
+WEBHOOK_BACKOFF_S = 0.5     # wait before the second try; doubled before each next one (0.5, 1, 2 s)
+WEBHOOK_DEADLINE_S = 30.0   # no new try starts this long after the first
+
+def webhook_failure(error: BaseException) -> str:
+    "What went wrong with a webhook POST, told by its kind: nothing of the URL (it often carries a secret)."
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code}"
+    if isinstance(error, ValueError):
+        return "malformed URL"
+    if isinstance(error, urllib.error.URLError):
+        return type(error.reason).__name__ if isinstance(error.reason, BaseException) else "unusable URL"
+    return type(error).__name__
+
+def transient(error: BaseException) -> bool:
+    "Whether a failed POST may succeed when tried again: no answer, a timeout, a server error, 408 or 429."
+    if isinstance(error, urllib.error.HTTPError):
+        return error.code >= 500 or error.code in (408, 429)
+    if isinstance(error, urllib.error.URLError):
+        return isinstance(error.reason, OSError)
+    return isinstance(error, (OSError, http.client.HTTPException))
+
+def post_once(request: urllib.request.Request) -> int:
+    "Send `request`; the HTTP status of the answer."
+    with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as answer:
+        return answer.status
+
+def post_webhook(url: str, payload: dict) -> str:
+    "POST `payload` as JSON to `url` (http or https), tried again while it may succeed; 'sent (HTTP n)' or 'failed...: why'. Never raises."
+    import tenacity
+    attempts = tenacity.Retrying(stop=tenacity.stop_after_attempt(WEBHOOK_ATTEMPTS) | tenacity.stop_after_delay(WEBHOOK_DEADLINE_S),
+                                 wait=tenacity.wait_exponential(multiplier=WEBHOOK_BACKOFF_S), reraise=True,
+                                 retry=tenacity.retry_if_exception(transient),
+                                 before_sleep=lambda state: log.info("drift webhook: try %d failed (%s), trying again",
+                                                                     state.attempt_number, webhook_failure(state.outcome.exception())))
+    try:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError("not an http(s) URL")
+        request = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(), method="POST",
+                                         headers={"Content-Type": "application/json", "User-Agent": "maskdet-drift"})
+        status = attempts(post_once, request)
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        tries = attempts.statistics.get("attempt_number", 1)
+        outcome = f"failed{f' after {tries} attempts' if tries > 1 else ''}: {webhook_failure(error)}"
+        log.warning("drift webhook %s", outcome, extra={"event": "drift_webhook"})
+        return outcome
+    tries = attempts.statistics["attempt_number"]
+    return f"sent (HTTP {status}){f' after {tries} attempts' if tries > 1 else ''}"
 
 # %% ../nbs/06_monitoring.ipynb #2e7d8fb5
 def served_detector(settings: Settings, params: dict, paths: ProjectPaths):
@@ -340,6 +387,14 @@ def write_decision(result: DriftResult, reports: Path) -> Path:
     path.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     return path
 
+def send_alerts(result: DriftResult, reports: Path, webhook_url: str) -> list[dict]:
+    "POST each alert of `result` to `webhook_url` and record how it went (`'webhook'`) in the alerts, alert.json and drift.json."
+    for alert in result.alerts:
+        alert["webhook"] = post_webhook(webhook_url, alert)
+    write_alerts(result.alerts, reports)
+    write_decision(result, reports)
+    return result.alerts
+
 def drift_check(paths: ProjectPaths | None = None, params: dict | None = None, current: Path | str | None = None,
                 since=None, until=None, settings: Settings | None = None, detector="served") -> DriftResult:
     "Check a window (the prediction log since `since`, default the last `window_hours`, or the images in folder `current`) for drift."
@@ -371,8 +426,10 @@ def drift_check(paths: ProjectPaths | None = None, params: dict | None = None, c
     if result.window["skipped"]:
         log.warning("drift: %d unreadable rows or files skipped", result.window["skipped"])
     write_reports(result, paths.reports)
-    raise_alerts(result, paths.reports, settings.webhook_url)
+    raise_alerts(result, paths.reports)
     write_decision(result, paths.reports)
+    if result.alerts and settings.webhook_url:
+        send_alerts(result, paths.reports, settings.webhook_url)
     return result
 
 # %% ../nbs/06_monitoring.ipynb #51e89fba

@@ -14,11 +14,13 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from .core import CLASSES
+from .core import CLASSES, ModelError
+from .inference import ModelNotFound
 from .model import MaskDetector
 
 # %% auto #0
-__all__ = ['promotion_decision', 'MaskdetModel', 'version_metrics', 'alias_version', 'register_model', 'model_path']
+__all__ = ['NOT_IN_REGISTRY', 'promotion_decision', 'MaskdetModel', 'version_metrics', 'alias_version', 'register_model',
+           'model_path']
 
 # %% ../nbs/07_registry.ipynb #983a2e30
 def promotion_decision(candidate: dict, champion: dict | None, max_class_drop: float) -> tuple[bool, str]:
@@ -41,7 +43,7 @@ class MaskdetModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.detector = MaskDetector(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # the hint: MLflow infers no schema, and says nothing
         from maskdet.data import load_rgb
         files = model_input.iloc[:, 0] if isinstance(model_input, pd.DataFrame) else model_input
         return [self.detector.predict(np.asarray(load_rgb(Path(f)))) for f in files]
@@ -83,16 +85,26 @@ def register_model(checkpoint: Path, run_id: str, metrics: dict, name: str, max_
             "champion": int(version.version) if promoted else (int(champion.version) if champion else None),
             "previous_champion": int(champion.version) if champion else None, "champion_rescored": rescored, "run_id": run_id}
 
+NOT_IN_REGISTRY = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for an unknown model, version, alias or run
+
 def model_path(reference: str | Path) -> Path:
-    "A local `best.pt` for a model reference: a file path, or an MLflow URI such as `models:/maskdet@champion`."
+    "A local `best.pt` for a model reference: a file path, or an MLflow URI such as `models:/maskdet@champion`; `ModelNotFound` if none."
     if str(reference).startswith(("models:/", "runs:/")):
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(reference)))
+        try:
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(reference)))
+        except MlflowException as error:
+            if error.error_code in NOT_IN_REGISTRY:
+                raise ModelNotFound(f"{reference} is not in the model registry ({error.message.splitlines()[0]}): register "
+                                    "one with `maskdet register` (or `dvc repro register`)") from None
+            # other errors can quote the tracking server's address, credentials and all: only their code is shown
+            raise ModelError(f"the model registry did not give {reference} ({error.error_code}): check MLFLOW_TRACKING_URI "
+                             "and that its server runs") from None
         found = sorted(folder.rglob("best.pt"))
         if not found:
-            raise FileNotFoundError(f"{reference} holds no best.pt checkpoint")
+            raise ModelNotFound(f"{reference} holds no best.pt checkpoint: register a model made by `maskdet train`")
         return found[0]
     path = Path(reference)
     if not path.is_file():
-        raise FileNotFoundError(f"model {path} not found: train one with `dvc repro` (models/best.pt) or name a registry "
-                                "model such as models:/maskdet@champion")
+        raise ModelNotFound(f"model {path} not found: train one with `dvc repro` (models/best.pt) or name a registry "
+                            "model such as models:/maskdet@champion")
     return path

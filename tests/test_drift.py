@@ -3,26 +3,29 @@
 A small project is made in a temporary folder (a clean clone has no prepared data and no model): 300 real
 photos of the data set, prepared and split as the pipeline does, are the reference (train + val); windows
 are other real photos of the data set, as they are or darkened/blurred. Alerts go to a real HTTP receiver
-on a free 127.0.0.1 port; the command runs as a subprocess.
+on a free 127.0.0.1 port, one that fails before it takes them, or no receiver at all (a malformed URL, a closed
+port, a timeout); the command runs as a subprocess.
 """
 import json
 import os
 import shutil
 import sqlite3
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import BIN
+from conftest import BIN, free_port
 from PIL import Image
 
-from maskdet.core import ProjectPaths, Settings, load_params
+from maskdet import monitoring
+from maskdet.core import ModelError, ProjectPaths, Settings, load_params
 from maskdet.data import load_rgb, prepare_dataset, sample_voc
-from maskdet.monitoring import FEATURE_COLUMNS, drift_check
+from maskdet.monitoring import FEATURE_COLUMNS, WEBHOOK_ATTEMPTS, drift_check, post_webhook, served_detector
 from maskdet.predictions import PredictionLog
 
 SHIFTS = {"dark": lambda rgb: (rgb * 0.6).astype(np.uint8), "blurred": lambda rgb: cv2.GaussianBlur(rgb, (0, 0), 3)}
@@ -120,33 +123,108 @@ def test_corrupt_log_rows_are_skipped_and_counted(site, tmp_path):
     assert "since" in result.window and "prediction log" in result.window["source"]
 
 
-class Receiver(BaseHTTPRequestHandler):
-    received = []
+SECRET = "hook-secret-5d1e"  # webhook URLs carry their secret: it must not reach a log line or a file
+
+
+class Answering(BaseHTTPRequestHandler):
+    """Answers each POST with the next status of `statuses` (the last one repeats), keeping the path and body of those
+    it takes; while `hold` is not set, keeps the POST waiting instead."""
+    statuses, received, posts, hold = [200], [], 0, None
 
     def do_POST(self):
-        Receiver.received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-        self.send_response(200)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        status = cls.statuses[min(cls.posts, len(cls.statuses) - 1)]
+        cls.posts += 1
+        if cls.hold is not None:
+            cls.hold.wait(30)
+        if status < 300:
+            cls.received.append((self.path, body))
+        self.send_response(status)
         self.end_headers()
 
     def log_message(self, *args):
         pass
 
 
-def test_the_alert_is_posted_to_the_webhook(site, tmp_path):
-    paths, windows, _ = site
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
+@contextmanager
+def receiver(statuses, hold=None):
+    """A real HTTP receiver on a free 127.0.0.1 port answering `statuses` in turn; yields its hook URL."""
+    Answering.statuses, Answering.received, Answering.posts, Answering.hold = statuses, [], 0, hold
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answering)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        settings = Settings(prediction_log=str(tmp_path / "predictions.db"),
-                            webhook_url=f"http://127.0.0.1:{server.server_port}/hooks/drift")
-        result = check(site, tmp_path, current=windows["dark"], settings=settings)
+        yield f"http://127.0.0.1:{server.server_port}/hooks/{SECRET}"
     finally:
+        if hold is not None:
+            hold.set()
         server.shutdown()
         server.server_close()
+
+
+def nothing_secret(caplog, paths):
+    """No log record (message or fields) and no file under reports/ holds the webhook's secret."""
+    assert not [r for r in caplog.records if SECRET in repr(vars(r))]
+    assert not [f for f in paths.reports.rglob("*") if f.is_file() and SECRET.encode() in f.read_bytes()]
+
+
+def test_the_alert_is_posted_to_the_webhook(site, tmp_path):
+    paths, windows, _ = site
+    with receiver([200]) as url:
+        result = check(site, tmp_path, current=windows["dark"],
+                       settings=Settings(prediction_log=str(tmp_path / "predictions.db"), webhook_url=url))
     assert result.alerts[0]["webhook"] == "sent (HTTP 200)"
-    path, alert = Receiver.received[-1]
-    assert path == "/hooks/drift" and alert["kind"] == "drift" and "brightness" in alert["drifted_columns"]
+    path, alert = Answering.received[-1]
+    assert path == f"/hooks/{SECRET}" and alert["kind"] == "drift" and "brightness" in alert["drifted_columns"]
     assert alert["window"]["images"] == 60 and alert["report"].endswith("report.html")
+
+
+def test_a_webhook_failing_twice_gets_the_alert_once(site, tmp_path, caplog):
+    paths, windows, _ = site
+    with receiver([503, 503, 200]) as url, caplog.at_level("INFO", logger="maskdet"):
+        result = check(site, tmp_path, current=windows["dark"],
+                       settings=Settings(prediction_log=str(tmp_path / "predictions.db"), webhook_url=url))
+    assert Answering.posts == 3 and [alert["kind"] for _, alert in Answering.received] == ["drift"]
+    assert result.alerts[0]["webhook"] == "sent (HTTP 200) after 3 attempts"
+    decision = json.loads((paths.reports / "drift.json").read_text())
+    assert decision["webhook"] == {"drift": "sent (HTTP 200) after 3 attempts"}
+    assert json.loads((paths.reports / "drift" / "alert.json").read_text())[0]["webhook"].startswith("sent")
+    assert "drift webhook: try 2 failed (HTTP 503), trying again" in caplog.text
+    nothing_secret(caplog, paths)
+
+
+@pytest.mark.parametrize("url, outcome", [
+    (f"http://[::1/hooks/{SECRET}", "failed: malformed URL"),
+    (f"hooks.example.org/{SECRET}", "failed: malformed URL"),
+    ("unreachable", f"failed after {WEBHOOK_ATTEMPTS} attempts: ConnectionRefusedError"),
+])
+def test_a_webhook_that_cannot_be_reached_loses_no_decision_and_tells_no_secret(site, tmp_path, caplog, url, outcome):
+    paths, windows, _ = site
+    (paths.reports / "drift.json").unlink(missing_ok=True)
+    url = f"http://127.0.0.1:{free_port()}/hooks/{SECRET}" if url == "unreachable" else url
+    with caplog.at_level("INFO", logger="maskdet"):
+        result = check(site, tmp_path, current=windows["dark"],
+                       settings=Settings(prediction_log=str(tmp_path / "predictions.db"), webhook_url=url))
+    decision = json.loads((paths.reports / "drift.json").read_text())
+    assert result.status == decision["status"] == "drift" and decision["webhook"] == {"drift": outcome}
+    assert f"drift webhook {outcome}" in caplog.text
+    nothing_secret(caplog, paths)
+
+
+def test_a_webhook_answering_errors_or_nothing_is_retried_as_they_deserve(monkeypatch, caplog):
+    alert = {"kind": "drift", "message": "drift: test"}
+    with caplog.at_level("INFO", logger="maskdet"):
+        with receiver([503]) as url:
+            assert post_webhook(url, alert) == f"failed after {WEBHOOK_ATTEMPTS} attempts: HTTP 503"
+        assert Answering.posts == WEBHOOK_ATTEMPTS
+        with receiver([404]) as url:
+            assert post_webhook(url, alert) == "failed: HTTP 404"  # a client error: trying again cannot help
+        assert Answering.posts == 1
+        monkeypatch.setattr(monitoring, "WEBHOOK_TIMEOUT_S", 0.5)
+        with receiver([200], hold=threading.Event()) as url:
+            assert post_webhook(url, alert) == f"failed after {WEBHOOK_ATTEMPTS} attempts: TimeoutError"
+    assert not [r for r in caplog.records if SECRET in repr(vars(r))]
 
 
 def test_prediction_features_and_compliance_with_a_model(site, inputs, tmp_path):
@@ -164,6 +242,15 @@ def test_prediction_features_and_compliance_with_a_model(site, inputs, tmp_path)
     assert result.current.faces.sum() > 60 and 0 < result.current.face_size.median() < 0.5
     assert result.compliance["status"] == "ok" and result.compliance["faces"] == result.current.faces.sum()
     assert result.window["model_version"] == detector.version
+
+
+def test_no_model_means_image_statistics_only_but_a_broken_one_is_an_error(site, tmp_path):
+    paths = site[0]
+    params = load_params("drift", paths)
+    assert served_detector(Settings(model=str(tmp_path / "no-such-model")), params, paths) is None
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="model.onnx is not an ONNX model"):
+        served_detector(Settings(model=str(tmp_path / "model.onnx")), params, paths)
 
 
 def maskdet(site, *args):
