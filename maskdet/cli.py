@@ -241,11 +241,14 @@ def serve_command(args: argparse.Namespace) -> None:
     chosen = {k: v for k, v in {"host": args.host, "port": args.port, "model": args.model, "backend": args.backend}.items() if v is not None}
     settings = replace(settings, **chosen)
     from maskdet.inference import Detector
+    from maskdet.launch import missing_secrets
     try:
-        Detector(settings.model, settings.backend, precision=settings.precision)  # a model that cannot be used stops it here
+        if problem := missing_secrets(settings.host, settings, dashboards=False):
+            raise UserError(problem)
+        detector = Detector(settings.model, settings.backend, precision=settings.precision)  # a model that cannot be used stops it here
     except (ValueError, ImportError) as error:
         raise UserError(str(error)) from None
-    serve(settings)
+    serve(settings, detector)
 
 def dashboard_command(args: argparse.Namespace) -> None:
     "Serve the Voila dashboards of `nbs/dashboards/` (live webcam detection; monitoring and drift) until interrupted."

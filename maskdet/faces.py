@@ -55,7 +55,7 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[fl
     "An RGB image resized to fit `size` x `size`, padded with grey (114) at both sides; returns (1, size, size, 3) uint8, scale, (pad x, pad y)."
     h, w = image.shape[:2]
     scale = min(size / h, size / w)
-    new_w, new_h = round(w * scale), round(h * scale)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))  # a thin strip keeps at least one pixel
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (w, h) else image
     pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
     top, bottom, left, right = round(pad_y - 0.1), round(pad_y + 0.1), round(pad_x - 0.1), round(pad_x + 0.1)

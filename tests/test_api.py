@@ -10,6 +10,7 @@ import struct
 import subprocess
 import time
 import zlib
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -34,40 +35,56 @@ def png_chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-@pytest.fixture(scope="module")
-def server(project, model, tmp_path_factory):
-    port, log = free_port(), tmp_path_factory.mktemp("log") / "predictions.db"
-    env = os.environ | {
-        "MASKDET_MODEL": str(model),
-        "MASKDET_PREDICTION_LOG": str(log),
-        "MASKDET_MAX_UPLOAD_MB": "5",
-        "MASKDET_MAX_BATCH": "4",
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    }
-    output = tmp_path_factory.mktemp("server") / "output.log"
+API_KEY = "key-for-the-tests-7f3a9c"  # distinctive, so that a test can look for it in the server's output
+
+
+@contextmanager
+def running_server(project, env, output, command=(BIN / "maskdet", "serve")):
+    """A real server (`command`, by default `maskdet serve`) on a free 127.0.0.1 port with `env` added to its
+    environment and its output written to `output`; yields (process, base URL) once `/health` answers (200, or 503 for
+    a model that cannot be loaded)."""
+    port = free_port()
     with open(output, "w") as out:
         process = subprocess.Popen(
-            [BIN / "maskdet", "serve", "--port", str(port)],
+            [*command, "--port", str(port)],
             cwd=project.root,
-            env=env,
+            env=os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"} | env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, output.read_text()
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.3)
-    else:
-        pytest.fail(f"the API did not answer within 120 s:\n{output.read_text()}")
-    with httpx.Client(base_url=url, timeout=60) as client:
-        yield client, PredictionLog(log), output
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, output.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code in (200, 503):
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"the API did not answer within 120 s:\n{output.read_text()}")
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(project, model, tmp_path_factory):
+    """The service as deployed: with an API key (the client sends it), its output captured."""
+    log = tmp_path_factory.mktemp("log") / "predictions.db"
+    env = {
+        "MASKDET_MODEL": str(model),
+        "MASKDET_PREDICTION_LOG": str(log),
+        "MASKDET_MAX_UPLOAD_MB": "5",
+        "MASKDET_MAX_BATCH": "4",
+        "MASKDET_API_KEYS": f"an-old-key,{API_KEY}",
+    }
+    output = tmp_path_factory.mktemp("server") / "output.log"
+    with running_server(project, env, output) as (_, url):
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+            yield client, PredictionLog(log), output
 
 
 @pytest.fixture(scope="module")
