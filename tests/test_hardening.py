@@ -17,7 +17,7 @@ from contextlib import closing
 import httpx
 import psutil
 import pytest
-from conftest import BIN, free_port, run
+from conftest import BIN, fill, free_port, run
 from PIL import Image
 from test_api import API_KEY, PHOTOS, encoded, running_server
 
@@ -27,6 +27,7 @@ from maskdet.predictions import PredictionLog
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 FUZZ_REQUESTS = 1000  # generated requests at least, all operations together
 MAX_SERVER_RSS = 2 << 30  # bytes: the server's resident memory under three concurrent maximal batches stays below this
+LOAD_S = 8  # seconds of concurrent requests before the server is killed
 LARGE_SCALE = 14  # a 512 x 366 photo enlarged 14 times: 7168 x 5124, 36.7 MP
 
 
@@ -284,3 +285,60 @@ def test_serve_beyond_loopback_without_a_key_is_refused_in_one_line(project, mod
     )
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "MASKDET_API_KEYS" in done.stderr
+
+
+def wait_for_health(client, status, limit=60):
+    """Poll `/health` until it says `status`; fail after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while (health := client.get("/health").json())["status"] != status:
+        assert time.monotonic() < deadline, f"/health still says {health} after {limit} s"
+        time.sleep(0.5)
+
+
+def test_a_full_disk_degrades_health_but_fails_no_prediction(project, model, photo, tiny_disk, tmp_path):
+    log = tiny_disk / "predictions.db"
+    env = {"MASKDET_MODEL": str(model), "MASKDET_PREDICTION_LOG": str(log), "MASKDET_API_KEYS": API_KEY}
+    png = encoded(photo, "PNG")
+    with running_server(project, env, tmp_path / "output.log") as (_, url), \
+            httpx.Client(base_url=url, timeout=120, headers=AUTH) as client:
+        assert client.post("/predict", files={"file": ("photo.png", png)}).status_code == 200
+        fill(tiny_disk / "filler")
+        answers = [client.post("/predict", files={"file": ("photo.png", png)}) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and "disk full" in health["reason"], health
+        (tiny_disk / "filler").unlink()
+        wait_for_health(client, "ok")
+        assert len(PredictionLog(log)) == 4
+    assert "Traceback" not in (tmp_path / "output.log").read_text()
+
+
+def test_kill_9_under_load_keeps_every_answered_prediction(project, model, photo, tmp_path):
+    log = tmp_path / "predictions.db"
+    env = {"MASKDET_MODEL": str(model), "MASKDET_PREDICTION_LOG": str(log), "MASKDET_API_KEYS": API_KEY}
+    png, answered, stop = encoded(photo, "PNG"), [], threading.Event()
+
+    def client_loop(url):
+        with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
+            while not stop.is_set():
+                try:
+                    answer = client.post("/predict", files={"file": ("photo.png", png)})
+                except httpx.TransportError:
+                    return  # the server died under this request: it was never answered
+                if answer.status_code == 200:
+                    answered.append(answer.headers["x-request-id"])
+
+    with running_server(project, env, tmp_path / "output.log") as (process, url):
+        with ThreadPoolExecutor(4) as clients:
+            for _ in range(4):
+                clients.submit(client_loop, url)
+            time.sleep(LOAD_S)
+            process.kill()
+            process.wait(timeout=30)
+            stop.set()
+    with closing(sqlite3.connect(log)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        logged = {row[0] for row in db.execute("SELECT request_id FROM predictions")}
+    missing = set(answered) - logged
+    assert answered and not missing, f"{len(missing)} of {len(answered)} answered predictions are not in the log"
+    print(f"kill -9 after {LOAD_S} s of 4 clients: {len(answered)} answered, all in the log, integrity ok")
