@@ -74,10 +74,15 @@ def register_model(checkpoint: Path, run_id: str, metrics: dict, name: str, max_
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, "challenger", version.version)
     champion = alias_version(client, name, "champion")
-    rescored = bool(champion and rescore)
-    champion_metrics = rescore(model_path(f"models:/{name}/{champion.version}")) if rescored else version_metrics(champion)
+    champion_metrics, rescored, note = version_metrics(champion), False, ""
+    if champion and rescore:
+        try:
+            champion_metrics, rescored = rescore(model_path(f"models:/{name}/{champion.version}")), True
+            note = " (the champion scored again on the same test split)"
+        except ModelError as error:  # e.g. saved by an older maskdet: its own stored test metrics stand in
+            note = f" (the champion's stored test metrics: it cannot be scored again: {error})"
     promoted, reason = promotion_decision(metrics, champion_metrics, max_class_drop)
-    reason += " (the champion scored again on the same test split)" if rescored else ""
+    reason += note
     if promoted:
         client.set_registered_model_alias(name, "champion", version.version)
     client.set_model_version_tag(name, version.version, "promotion", reason)
