@@ -17,7 +17,7 @@ from .core import CLASSES, ProjectPaths, mlflow_experiment
 from .data import LabelledImage, load_split
 from .evaluate import class_metrics, summary_metrics
 from .model import MaskDetector, default_config
-from .train import FaceCrops, score_faces, train_ensemble
+from .train import FaceCrops, score_faces, train_mask_classifier
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def held_out_faces(detector: MaskDetector, images: list[LabelledImage], found: l
         faces = FaceCrops([images[i] for i in training], crop_size, margin)
         log.info("fold %d of %d: training on %d faces of %d photos, %d photos held out", k + 1, len(folds), len(faces.faces),
                  len(training), len(held_out))
-        detector.classifier = train_ensemble(faces, FaceCrops([], crop_size, margin), backbone, settings)
+        detector.classifier = train_mask_classifier(faces, FaceCrops([], crop_size, margin), backbone, settings)
         for i in held_out:
             boxes, face_conf = found[i]
             classified[i] = (boxes, face_conf, detector.face_probabilities(images[i].rgb(), boxes))

@@ -12,9 +12,9 @@ from PIL import Image
 from .core import CLASSES
 
 # %% auto #0
-__all__ = ['square_regions', 'crop_faces', 'apply_box_calibration', 'fit_box_calibration', 'letterbox', 'as_tensor', 'nms',
-           'decode_faces', 'share_inside', 'detector_sizes', 'merge_passes', 'detection_dicts', 'labelled',
-           'class_hypotheses', 'thresholded']
+__all__ = ['STRIDE', 'DETECTOR_BATCH', 'square_regions', 'crop_faces', 'apply_box_calibration', 'fit_box_calibration',
+           'letterbox', 'as_tensor', 'nms', 'decode_faces', 'share_inside', 'detector_sizes', 'merge_passes',
+           'detect_faces', 'detection_dicts', 'labelled', 'class_hypotheses', 'thresholded', 'FaceModel']
 
 # %% ../nbs/02_faces.ipynb #be8df265
 def square_regions(boxes: np.ndarray, margin: float) -> np.ndarray:
@@ -51,13 +51,15 @@ def fit_box_calibration(detected: np.ndarray, annotated: np.ndarray) -> dict:
             "sw": float(np.median(aw / dw)), "sh": float(np.median(ah / dh))}
 
 # %% ../nbs/02_faces.ipynb #037255bf
+STRIDE = 32  # a YOLOv8's coarsest feature map: its input's sides are multiples of this
+
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[float, float]]:
-    "An RGB image resized to fit `size` x `size`, padded with grey (114) at both sides; returns (1, size, size, 3) uint8, scale, (pad x, pad y)."
+    "An RGB image resized to fit `size` x `size`, padded with grey (114) at both sides to multiples of `STRIDE`; returns (1, H, W, 3) uint8, scale, (pad x, pad y)."
     h, w = image.shape[:2]
     scale = min(size / h, size / w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))  # a thin strip keeps at least one pixel
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (w, h) else image
-    pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
+    pad_x, pad_y = (-new_w % STRIDE) / 2, (-new_h % STRIDE) / 2
     top, bottom, left, right = round(pad_y - 0.1), round(pad_y + 0.1), round(pad_x - 0.1), round(pad_x + 0.1)
     padded = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
     return padded[None], scale, (left, top)
@@ -116,6 +118,25 @@ def merge_passes(passes: list[tuple[np.ndarray, np.ndarray]], config: dict, shap
     h, w = shape[:2]
     return np.clip(apply_box_calibration(boxes[kept], config.get("box_calibration")), 0, [w, h, w, h]), conf[kept]
 
+# %% ../nbs/02_faces.ipynb #267c64a0
+DETECTOR_BATCH = 8  # same-shaped detector inputs run together, at most this many
+
+def detect_faces(images: list[np.ndarray], run, config: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    "Calibrated face boxes and confidences of each RGB image from every pass of `detector_sizes`, same-shaped inputs of a pass batched through `run`."
+    passes = [[] for _ in images]
+    for size in detector_sizes(config):
+        inputs = [letterbox(image, size) for image in images]
+        shapes = {}
+        for i, (batch, _, _) in enumerate(inputs):
+            shapes.setdefault(batch.shape, []).append(i)
+        for group in shapes.values():
+            for start in range(0, len(group), DETECTOR_BATCH):
+                chunk = group[start:start + DETECTOR_BATCH]
+                outputs = run(np.concatenate([inputs[i][0] for i in chunk]))
+                for i, output in zip(chunk, outputs):
+                    passes[i].append(decode_faces(output, config, *inputs[i][1:], images[i].shape))
+    return [merge_passes(found, config, image.shape) for found, image in zip(passes, images)]
+
 # %% ../nbs/02_faces.ipynb #b630ad2f
 def detection_dicts(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> list[dict]:
     "Detections in the project's format: label, confidence and box [x1, y1, x2, y2] in pixels."
@@ -140,3 +161,49 @@ def thresholded(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, thres
     limits = np.array([thresholds[c] for c in CLASSES]) if conf is None else np.full(len(CLASSES), conf)
     keep = scores >= limits[labels]
     return detection_dicts(boxes[keep], labels[keep], scores[keep])
+
+# %% ../nbs/02_faces.ipynb #171ffe4f
+class FaceModel:
+    "The maskdet model around a backend's two networks: `detector_outputs(batch)` and `probabilities(crops)`, with `config` its settings."
+    config: dict
+
+    def faces_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        "Calibrated face boxes (N, 4) and face confidences (N,) of each RGB image (`detect_faces`)."
+        return detect_faces(images, self.detector_outputs, self.config)
+
+    def faces(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        "Calibrated face boxes (N, 4) and face confidences (N,) in an RGB image."
+        return self.faces_batch([image])[0]
+
+    def face_probabilities(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        "Class probabilities (N, 3) of the faces at `boxes` in `image`."
+        return self.probabilities(crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]))
+
+    def classified_batch(self, images: list[np.ndarray], floor: float = 0.0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        "Each image's faces with face confidence at least `floor`: boxes, face confidences, class probabilities (N, 3); one classifier call for all."
+        found = [(boxes[conf >= floor], conf[conf >= floor]) for boxes, conf in self.faces_batch(images)]
+        crops = [crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]) for image, (boxes, _) in zip(images, found)]
+        probabilities = np.split(self.probabilities(np.concatenate(crops)), np.cumsum([len(c) for c in crops])[:-1])
+        return [(boxes, conf, p) for (boxes, conf), p in zip(found, probabilities)]
+
+    def classified(self, image: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        "The faces of an RGB image with face confidence at least `floor`: boxes, face confidences, class probabilities (N, 3)."
+        return self.classified_batch([image], floor)[0]
+
+    def scored_batch(self, images: list[np.ndarray], floor: float = 0.0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        "Each image's faces (face confidence at least `floor`): boxes, labels and confidences, before thresholds."
+        return [labelled(*faces) for faces in self.classified_batch(images, floor)]
+
+    def scored(self, image: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        "The faces of an RGB image (face confidence at least `floor`): boxes, labels and confidences, before thresholds."
+        return self.scored_batch([image], floor)[0]
+
+    def predict_batch(self, images: list[np.ndarray], conf: float | None = None) -> list[list[dict]]:
+        "The detections of each RGB image above `conf`, or above each class's threshold when `conf` is None."
+        thresholds = self.config["thresholds"]
+        floor = min(thresholds.values()) if conf is None else conf  # no face under it can be reported
+        return [thresholded(*faces, thresholds, conf) for faces in self.scored_batch(images, floor)]
+
+    def predict(self, image: np.ndarray, conf: float | None = None) -> list[dict]:
+        "Detections in an RGB image above `conf`, or above each class's threshold when `conf` is None."
+        return self.predict_batch([image], conf)[0]

@@ -5,6 +5,7 @@
 # %% ../nbs/04_inference.ipynb #43f77cd8
 from __future__ import annotations
 
+import collections
 import hashlib
 import importlib.util
 import json
@@ -18,14 +19,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .core import CLASSES, ModelError, cpu_threads
-from .faces import as_tensor, crop_faces, decode_faces, detector_sizes, labelled, letterbox, merge_passes, thresholded
+from .faces import FaceModel, as_tensor, detector_sizes, letterbox
 
 # %% auto #0
-__all__ = ['EXPORT_AGAIN', 'SIGNATURES', 'RUNNERS', 'MODEL_FILES', 'BACKENDS', 'LABEL_COLOURS', 'export_onnx', 'export_openvino',
-           'head_scope', 'quantize_openvino', 'ModelNotFound', 'check_model_file', 'last_line', 'reading_model',
-           'exported_config', 'onnxruntime_runner', 'image_input', 'openvino_runner', 'detector_runners',
-           'classifier_runner', 'ExportedModel', 'find_model', 'installed', 'pick_backend', 'file_version', 'as_rgb',
-           'draw_detections', 'Detector']
+__all__ = ['EXPORT_AGAIN', 'SIGNATURES', 'COMPILED_SHAPES', 'COMPILE_AFTER', 'RUNNERS', 'MODEL_FILES', 'BACKENDS',
+           'LABEL_COLOURS', 'export_onnx', 'export_openvino', 'head_scope', 'quantize_openvino', 'ModelNotFound',
+           'check_model_file', 'last_line', 'reading_model', 'exported_config', 'onnxruntime_runner', 'image_input',
+           'openvino_runner', 'classifier_runner', 'ExportedModel', 'find_model', 'installed', 'pick_backend',
+           'file_version', 'as_rgb', 'draw_detections', 'Detector']
 
 # %% ../nbs/04_inference.ipynb #eb5ae657
 def export_onnx(checkpoint: Path | str, folder: Path | str) -> Path:
@@ -158,30 +159,34 @@ def image_input(model):
     steps.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0)
     return steps.build()
 
-def openvino_runner(path: Path, threads: int | None = None, precision: str = "f32", images: bool = False, size: int | None = None):
-    "A function running the model at `path` (OpenVINO IR or ONNX) on OpenVINO's CPU plugin, tuned for latency, in `precision` (f32 or bf16); `size`: compiled for square images of that side."
+COMPILED_SHAPES = 16  # image sizes an OpenVINO detector compiles for (about 30 MB each at 640 px)
+COMPILE_AFTER = 3     # ... once a size has come this many times (a camera's, a folder's, not every photo's)
+
+def openvino_runner(path: Path, threads: int | None = None, precision: str = "f32", images: bool = False):
+    "A function running the model at `path` (OpenVINO IR or ONNX) on OpenVINO's CPU plugin, tuned for latency, in `precision` (f32 or bf16); `images`: it takes uint8 image batches, compiled for the sizes that come often."
     import openvino as ov
     core = ov.Core()
+    settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads or cpu_threads()}
     with reading_model(check_model_file(path), "OpenVINO"):
         model = core.read_model(str(path))
-        if size:
-            model.reshape([1, 3, size, size])
-        model = image_input(model) if images else model
-        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision,
-                                                     "INFERENCE_NUM_THREADS": threads or cpu_threads()})
-    request, lock = compiled.create_infer_request(), threading.Lock()
+        any_size = core.compile_model(image_input(model.clone()) if images else model, "CPU", settings).create_infer_request()
+    fixed, seen, lock = {}, collections.Counter(), threading.Lock()
+
+    def request(size: tuple[int, int]):
+        "The request for image batches of `size` (height, width): compiled for it from its `COMPILE_AFTER`th batch on, while fewer than `COMPILED_SHAPES` are; else the any-size one."
+        seen[size] += 1
+        if size not in fixed and seen[size] >= COMPILE_AFTER and len(fixed) < COMPILED_SHAPES:
+            shaped = model.clone()
+            shaped.reshape([-1, 3, *size])
+            fixed[size] = core.compile_model(image_input(shaped), "CPU", settings).create_infer_request()
+        return fixed.get(size, any_size)
+
     def run(array: np.ndarray) -> np.ndarray:
         with lock:
-            return request.infer({0: array})[0].copy()
+            return (request(array.shape[1:3]) if images else any_size).infer({0: array})[0].copy()
     return run
 
 RUNNERS = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
-
-def detector_runners(path: Path, backend: str, sizes: list[int], threads: int | None = None, precision: str = "f32") -> dict:
-    "The face detector's runner for each pass size: OpenVINO compiles one per size (a static shape runs faster), ONNX Runtime one session for all (the export takes any size)."
-    if backend == "openvino":
-        return {size: openvino_runner(path, threads, precision, images=True, size=size) for size in sizes}
-    return dict.fromkeys(sizes, onnxruntime_runner(path, threads, precision, images=True))
 
 def classifier_runner(folder: Path, backend: str, threads: int | None = None, precision: str = "f32"):
     "The mask classifier's runner: ONNX Runtime when installed and in fp32 (fastest for a varying number of crops), else `backend`."
@@ -190,22 +195,17 @@ def classifier_runner(folder: Path, backend: str, threads: int | None = None, pr
     return RUNNERS[backend](folder / ("classifier.xml" if backend == "openvino" and (folder / "classifier.xml").is_file() else "classifier.onnx"),
                             threads, precision)
 
-class ExportedModel:
+class ExportedModel(FaceModel):
     "The exported face detector and mask classifier on ONNX Runtime or OpenVINO."
     def __init__(self, path: Path | str, backend: str = "openvino", threads: int | None = None, precision: str = "f32"):
         path = check_model_file(Path(path))
         self.config = exported_config(path.parent)
-        self.detectors = detector_runners(path, backend, detector_sizes(self.config), threads, precision)
+        self.detector = RUNNERS[backend](path, threads, precision, images=True)
         self.classifier = classifier_runner(path.parent, backend, threads, precision)
 
-    def detector_pass(self, image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        "Face boxes in image pixels (uncalibrated) and confidences from one detector pass at input `size`."
-        batch, scale, pad = letterbox(image, size)
-        return decode_faces(self.detectors[size](batch)[0], self.config, scale, pad, image.shape)
-
-    def faces(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        "Calibrated face boxes (N, 4) and confidences (N,) in an RGB image, from every pass in `detector_sizes`."
-        return merge_passes([self.detector_pass(image, size) for size in self.detectors], self.config, image.shape)
+    def detector_outputs(self, batch: np.ndarray) -> np.ndarray:
+        "The detector's raw outputs (N, 5, anchors) for letterboxed uint8 images (N, H, W, 3)."
+        return self.detector(batch)
 
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
         "Class probabilities (N, 3) of face crops."
@@ -214,25 +214,6 @@ class ExportedModel:
         logits = self.classifier(crops)
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
-
-    def classified(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "Every face found: boxes, face confidences and class probabilities (N, 3)."
-        return self.classified_batch([image])[0]
-
-    def classified_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        "`classified` for several images, with one classifier call for the faces of all of them."
-        found = [self.faces(image) for image in images]
-        crops = [crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]) for image, (boxes, _) in zip(images, found)]
-        probabilities = np.split(self.probabilities(np.concatenate(crops)), np.cumsum([len(c) for c in crops])[:-1])
-        return [(boxes, face_conf, p) for (boxes, face_conf), p in zip(found, probabilities)]
-
-    def scored(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "Every face found: boxes, labels and confidences, before thresholds."
-        return labelled(*self.classified(image))
-
-    def scored_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        "`scored` for several images, with one classifier call for the faces of all of them."
-        return [labelled(*faces) for faces in self.classified_batch(images)]
 
 # %% ../nbs/04_inference.ipynb #690e80a7
 MODEL_FILES = ("openvino/int8/model.xml", "openvino/fp32/model.xml", "model.onnx", "best.pt")
@@ -324,13 +305,11 @@ class Detector:
 
     def predict(self, image, conf: float | None = None) -> list[dict]:
         "Detections in `image` above `conf`, or above each class's threshold when `conf` is None."
-        return thresholded(*self.model.scored(as_rgb(image)), self.thresholds, conf)
+        return self.model.predict(as_rgb(image), conf)
 
     def predict_batch(self, images: list, conf: float | None = None) -> list[list[dict]]:
-        "The detections of each image in `images`, in order (exported models classify all their faces at once)."
-        images = [as_rgb(image) for image in images]
-        scored = self.model.scored_batch(images) if hasattr(self.model, "scored_batch") else map(self.model.scored, images)
-        return [thresholded(*s, self.thresholds, conf) for s in scored]
+        "The detections of each image in `images`, in order (same-shaped images share detector runs, all faces one classifier call)."
+        return self.model.predict_batch([as_rgb(image) for image in images], conf)
 
     def draw(self, image, conf: float | None = None) -> np.ndarray:
         "The image with its detections drawn on it."

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import CLASSES, ModelError
-from .faces import as_tensor, crop_faces, decode_faces, detector_sizes, labelled, letterbox, merge_passes, thresholded
+from .faces import FaceModel, as_tensor
 
 # %% auto #0
 __all__ = ['RETRAIN', 'YOLOV8_SCALES', 'BACKBONE_LAYERS', 'MODEL_KEY', 'FILE_FORMAT', 'detector_classes', 'refusal',
@@ -152,7 +152,7 @@ def build_classifier(architecture: dict) -> CropClassifier:
     raise ValueError(f"unknown classifier kind {kind!r}")
 
 # %% ../nbs/02_model.ipynb #b756547f
-class MaskDetector:
+class MaskDetector(FaceModel):
     "The face detector and mask classifier of a maskdet checkpoint, predicting on RGB images."
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -162,32 +162,13 @@ class MaskDetector:
         self.network = detector_network(checkpoint)
 
     @torch.no_grad()
-    def detector_pass(self, image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        "Face boxes in image pixels (uncalibrated) and confidences from one detector pass at input `size`."
-        batch, scale, pad = letterbox(image, size)
-        output = self.network(torch.from_numpy(as_tensor(batch)))[0].numpy()
-        return decode_faces(output[0], self.config, scale, pad, image.shape)
+    def detector_outputs(self, batch: np.ndarray) -> np.ndarray:
+        "The detector's raw outputs (N, 5, anchors) for letterboxed uint8 images (N, H, W, 3)."
+        return self.network(torch.from_numpy(as_tensor(batch)))[0].numpy()
 
-    def faces(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        "Calibrated face boxes (N, 4) and detector confidences (N,) in an RGB image, from every pass in `detector_sizes`."
-        return merge_passes([self.detector_pass(image, size) for size in detector_sizes(self.config)], self.config, image.shape)
-
-    def face_probabilities(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        "Class probabilities (N, 3) of the faces at `boxes` in `image`."
-        return self.classifier.probabilities(crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]))
-
-    def classified(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "Every face found: boxes, face confidences and class probabilities (N, 3)."
-        boxes, face_conf = self.faces(image)
-        return boxes, face_conf, self.face_probabilities(image, boxes)
-
-    def scored(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "Every face found: boxes, labels and confidences, before thresholds."
-        return labelled(*self.classified(image))
-
-    def predict(self, image: np.ndarray, conf: float | None = None) -> list[dict]:
-        "Detections in an RGB image above `conf`, or above each class's threshold when `conf` is None."
-        return thresholded(*self.scored(image), self.config["thresholds"], conf)
+    def probabilities(self, crops: np.ndarray) -> np.ndarray:
+        "Class probabilities (N, 3) of face crops."
+        return self.classifier.probabilities(crops)
 
 # %% ../nbs/02_model.ipynb #50d526e9
 MODEL_KEY = "maskdet"

@@ -23,9 +23,9 @@ from .faces import crop_faces, fit_box_calibration
 from .model import ClassifierEnsemble, CropClassifier, MaskClassifier, MaskDetector, default_config, save_checkpoint
 
 # %% auto #0
-__all__ = ['finetune_detector', 'FaceCrops', 'crop_accuracy', 'train_classifier', 'train_ensemble', 'matched_boxes',
-           'score_faces', 'evaluate_model', 'data_version', 'git_commit', 'flatten', 'environment', 'train_model',
-           'draw_trials', 'tune_classifier']
+__all__ = ['finetune_detector', 'FaceCrops', 'crop_accuracy', 'train_classifier', 'train_ensemble', 'train_mask_classifier',
+           'matched_boxes', 'score_faces', 'evaluate_model', 'data_version', 'git_commit', 'flatten', 'environment',
+           'train_model', 'draw_trials', 'tune_classifier']
 
 # %% ../nbs/02_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
@@ -87,8 +87,9 @@ def crop_accuracy(classifier: CropClassifier, faces: FaceCrops) -> float:
                             for i in range(len(faces.images)) if len(faces.images[i].labels)])
     return float((classifier.probabilities(crops).argmax(axis=1) == faces.labels).mean())
 
-def train_classifier(train: FaceCrops, val: FaceCrops, backbone: Path, settings: dict, log=lambda metrics, step: None) -> MaskClassifier:
-    "Train the mask classifier on face crops; `log(metrics, epoch)` receives each epoch's loss and val accuracy."
+def train_classifier(train: FaceCrops, val: FaceCrops, backbone: Path, settings: dict, log=lambda metrics, step: None,
+                     teacher: CropClassifier | None = None) -> MaskClassifier:
+    "Train the mask classifier on face crops (and, given a `teacher`, on its probabilities by `settings['distil']`); `log(metrics, epoch)` receives each epoch's loss and val accuracy."
     torch.manual_seed(settings["seed"])
     rng = np.random.default_rng(settings["seed"])
     classifier = MaskClassifier.from_yolo(backbone, settings["dropout"])
@@ -101,7 +102,12 @@ def train_classifier(train: FaceCrops, val: FaceCrops, backbone: Path, settings:
         losses = []
         for _ in range(steps):
             x, y = train.batch(rng.choice(len(draw), settings["batch"], p=draw), rng, settings["jitter"])
-            loss = F.cross_entropy(classifier(x), y, label_smoothing=settings["label_smoothing"])
+            logits = classifier(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=settings["label_smoothing"])
+            if teacher is not None:
+                with torch.no_grad():
+                    taught = F.softmax(teacher.eval()(x), dim=1)
+                loss = (1 - settings["distil"]) * loss + settings["distil"] * F.cross_entropy(logits, taught)
             optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
             losses.append(loss.item())
         log({"classifier/loss": float(np.mean(losses)), "classifier/val_accuracy": crop_accuracy(classifier, val)}, epoch)
@@ -114,6 +120,15 @@ def train_ensemble(train: FaceCrops, val: FaceCrops, backbone: Path, settings: d
         return train_classifier(train, val, backbone, settings | {"seed": settings["seed"] + m},
                                 log=lambda metrics, epoch: log(metrics, m * settings["epochs"] + epoch))
     return ClassifierEnsemble([member(m) for m in range(settings["members"])], settings["flip"])
+
+def train_mask_classifier(train: FaceCrops, val: FaceCrops, backbone: Path, settings: dict, log=lambda metrics, step: None) -> CropClassifier:
+    "The classifier the model keeps: the ensemble of `train_ensemble`, or (`settings['distil']` > 0) one classifier distilled from it."
+    ensemble = train_ensemble(train, val, backbone, settings, log)
+    if not settings["distil"]:
+        return ensemble
+    after = settings["members"] * settings["epochs"]
+    return train_classifier(train, val, backbone, settings | {"seed": settings["seed"] + settings["members"]},
+                            log=lambda metrics, epoch: log(metrics, after + epoch), teacher=ensemble)
 
 # %% ../nbs/02_train.ipynb #ee92144c
 def matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +216,7 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
                                              train["detector"], params["augment"], paths.runs / "detector")
         images = {split: load_split(processed, split) for split in ("train", "val")}
         faces = {split: FaceCrops(images[split], model["crop_size"], model["margin"]) for split in images}
-        classifier = train_ensemble(faces["train"], faces["val"], paths.resolve(train["backbone"]), train["classifier"],
+        classifier = train_mask_classifier(faces["train"], faces["val"], paths.resolve(train["backbone"]), train["classifier"],
                                     log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
         config = default_config(model)
         save_checkpoint(detector_weights, classifier, config, output)
