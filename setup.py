@@ -20,6 +20,7 @@ core = [
     "opencv-python-headless==4.12.0.88",
     "tqdm>=4.66",
     "psutil>=5.9",  # `maskdet launch` stops whole process trees
+    "fastcore>=1.12.3,<2",  # `patch`: a class written method by method, as a chapter reads
 ]
 extras = {
     "serve": [
@@ -58,7 +59,6 @@ extras = {
     ],
     "dev": [
         "nbdev==2.4.14",  # nbdev 3 refuses settings.ini
-        "fastcore>=1.12.3,<2",
         "execnb<0.2",
         "ghapi<2",
         "pytest==8.4.2",
@@ -94,5 +94,6 @@ setuptools.setup(
     install_requires=core,
     extras_require=extras,
     entry_points={"console_scripts": [meta["console_scripts"]]},
+    package_data={"maskdet": ["camera.js", "camera.css"]},  # the camera widget's page side (maskdet.widgets)
     zip_safe=False,
 )

@@ -52,7 +52,7 @@ ULTRALYTICS = "ultralytics .pt predict"
 # face-count groups: (fewest faces, most faces, photos as a multiple of --images)
 GROUPS = {"1 face": (1, 1, 1), "5 faces": (4, 6, 1), "20 faces": (15, float("inf"), 1), "all <= 8": (1, 8, 2)}
 STAGES = ("decode", "letterbox", "detector", "NMS", "crops", "classifier", "other")
-# the functions of maskdet.faces timed, and their stage (detect_faces and FaceModel look them up at call time)
+# the functions of maskdet.faces timed, and their stage (detect_faces and Backend look them up at call time)
 WRAPPED = {"letterbox": "letterbox", "decode_faces": "NMS", "merge_passes": "NMS", "crop_faces": "crops"}
 
 

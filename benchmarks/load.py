@@ -11,7 +11,6 @@ p95, errors, and whether every image is in the prediction log.
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,15 +22,10 @@ from pathlib import Path
 import httpx
 
 from maskdet.core import project_paths
+from maskdet.launch import free_port
 from maskdet.predictions import PredictionLog
 
 BIN = Path(sys.executable).parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(paths, model, log, port, output):

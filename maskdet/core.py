@@ -18,10 +18,11 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PARAMS_FILE', 'CLASSES', 'HUMAN_LOG_FORMAT', 'ULTRALYTICS_INTEGRATIONS_OFF', 'log', 'find_project_root',
-           'ProjectPaths', 'project_paths', 'load_params', 'JsonLineFormatter', 'setup_logging', 'cpu_threads',
-           'mlflow_tracking_uri', 'runtime_environment', 'install_plot_font', 'configure_ultralytics', 'setup_runtime',
-           'mlflow_experiment', 'Settings', 'ModelError', 'is_loopback']
+__all__ = ['PARAMS_FILE', 'CLASSES', 'IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'HUMAN_LOG_FORMAT', 'ULTRALYTICS_INTEGRATIONS_OFF',
+           'log', 'find_project_root', 'ProjectPaths', 'project_paths', 'load_params', 'JsonLineFormatter',
+           'setup_logging', 'cpu_threads', 'mlflow_tracking_uri', 'runtime_environment', 'install_plot_font',
+           'configure_ultralytics', 'setup_runtime', 'mlflow_experiment', 'Settings', 'ModelError', 'ModelNotFound',
+           'is_loopback']
 
 # %% ../nbs/00_core.ipynb #02340687
 PARAMS_FILE = "params.yaml"
@@ -73,6 +74,8 @@ def project_paths(root: Path | str | None = None) -> ProjectPaths:
 
 # %% ../nbs/00_core.ipynb #8fbc1e87
 CLASSES = ("with_mask", "without_mask", "mask_weared_incorrect")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 # %% ../nbs/00_core.ipynb #748ee8e2
 def load_params(section: str | None = None, paths: ProjectPaths | None = None) -> dict:
@@ -276,6 +279,9 @@ class Settings:
 
 class ModelError(Exception):
     "A model that cannot be used (missing, corrupt, truncated, of an unknown format): the message says which file and what to do."
+
+class ModelNotFound(ModelError, FileNotFoundError):
+    "A model that is not there: no such file, no model in a folder, no such registry model."
 
 def is_loopback(host: str) -> bool:
     "Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."

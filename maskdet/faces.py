@@ -5,16 +5,19 @@
 # %% ../nbs/02_faces.ipynb #a59d239d
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import cv2
 import numpy as np
+from fastcore.basics import patch
 from PIL import Image
 
-from .core import CLASSES
+from .detections import Detections, lowest_threshold
 
 # %% auto #0
 __all__ = ['STRIDE', 'DETECTOR_BATCH', 'square_regions', 'crop_faces', 'apply_box_calibration', 'fit_box_calibration',
            'letterbox', 'as_tensor', 'nms', 'decode_faces', 'share_inside', 'detector_sizes', 'merge_passes',
-           'detect_faces', 'detection_dicts', 'labelled', 'class_hypotheses', 'thresholded', 'FaceModel']
+           'detect_faces', 'Backend']
 
 # %% ../nbs/02_faces.ipynb #be8df265
 def square_regions(boxes: np.ndarray, margin: float) -> np.ndarray:
@@ -137,35 +140,18 @@ def detect_faces(images: list[np.ndarray], run, config: dict) -> list[tuple[np.n
                     passes[i].append(decode_faces(output, config, *inputs[i][1:], images[i].shape))
     return [merge_passes(found, config, image.shape) for found, image in zip(passes, images)]
 
-# %% ../nbs/02_faces.ipynb #b630ad2f
-def detection_dicts(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> list[dict]:
-    "Detections in the project's format: label, confidence and box [x1, y1, x2, y2] in pixels."
-    return [{"label": CLASSES[int(k)], "confidence": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
-            for b, k, s in zip(boxes, labels, scores)]
-
-def labelled(boxes: np.ndarray, face_conf: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Each face's most probable label, and its confidence: face confidence x class probability."
-    labels = probabilities.argmax(axis=1) if len(boxes) else np.zeros(0, int)
-    return boxes, labels, face_conf * probabilities.max(axis=1, initial=0)
-
-def class_hypotheses(boxes: np.ndarray, face_conf: np.ndarray, probabilities: np.ndarray,
-                     floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Every face once per class, with confidence face x class probability, those under `floor` left out: what mAP ranks."
-    scores = np.asarray(face_conf, float)[:, None] * probabilities
-    faces, labels = np.nonzero(scores >= floor)
-    return np.asarray(boxes).reshape(-1, 4)[faces], labels, scores[faces, labels]
-
-def thresholded(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, thresholds: dict[str, float],
-                conf: float | None = None) -> list[dict]:
-    "The detections above `conf`, or above each class's threshold when `conf` is None."
-    limits = np.array([thresholds[c] for c in CLASSES]) if conf is None else np.full(len(CLASSES), conf)
-    keep = scores >= limits[labels]
-    return detection_dicts(boxes[keep], labels[keep], scores[keep])
-
 # %% ../nbs/02_faces.ipynb #171ffe4f
-class FaceModel:
-    "The maskdet model around a backend's two networks: `detector_outputs(batch)` and `probabilities(crops)`, with `config` its settings."
+class Backend(ABC):
+    "The maskdet model on one runtime, which supplies `detector_outputs(batch)` and `probabilities(crops)`; `config` holds its settings."
     config: dict
+
+    @abstractmethod
+    def detector_outputs(self, batch: np.ndarray) -> np.ndarray:
+        "The detector's raw outputs (N, 5, anchors) for letterboxed uint8 images (N, H, W, 3)."
+
+    @abstractmethod
+    def probabilities(self, crops: np.ndarray) -> np.ndarray:
+        "Class probabilities (N, 3) of face crops (N, 3, size, size)."
 
     def faces_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         "Calibrated face boxes (N, 4) and face confidences (N,) of each RGB image (`detect_faces`)."
@@ -175,35 +161,32 @@ class FaceModel:
         "Calibrated face boxes (N, 4) and face confidences (N,) in an RGB image."
         return self.faces_batch([image])[0]
 
-    def face_probabilities(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        "Class probabilities (N, 3) of the faces at `boxes` in `image`."
-        return self.probabilities(crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]))
+# %% ../nbs/02_faces.ipynb #bf3c0e05
+@patch
+def classify_batch(self: Backend, images: list[np.ndarray], floor: float = 0.0) -> list[Detections]:
+    "Each image's faces with face confidence at least `floor`, labelled, with their class probabilities, before thresholds; one classifier call for all."
+    found = [(boxes[conf >= floor], conf[conf >= floor]) for boxes, conf in self.faces_batch(images)]
+    crops = [crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]) for image, (boxes, _) in zip(images, found)]
+    probabilities = np.split(self.probabilities(np.concatenate(crops)), np.cumsum([len(c) for c in crops])[:-1])
+    return [Detections.from_faces(boxes, conf, p) for (boxes, conf), p in zip(found, probabilities)]
 
-    def classified_batch(self, images: list[np.ndarray], floor: float = 0.0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        "Each image's faces with face confidence at least `floor`: boxes, face confidences, class probabilities (N, 3); one classifier call for all."
-        found = [(boxes[conf >= floor], conf[conf >= floor]) for boxes, conf in self.faces_batch(images)]
-        crops = [crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]) for image, (boxes, _) in zip(images, found)]
-        probabilities = np.split(self.probabilities(np.concatenate(crops)), np.cumsum([len(c) for c in crops])[:-1])
-        return [(boxes, conf, p) for (boxes, conf), p in zip(found, probabilities)]
+@patch
+def classify_faces(self: Backend, image: np.ndarray, boxes: np.ndarray, face_conf: np.ndarray) -> Detections:
+    "Faces found in an RGB image before (boxes, face confidences), labelled, with their class probabilities."
+    return Detections.from_faces(boxes, face_conf, self.probabilities(crop_faces(image, boxes, self.config["crop_size"], self.config["margin"])))
 
-    def classified(self, image: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "The faces of an RGB image with face confidence at least `floor`: boxes, face confidences, class probabilities (N, 3)."
-        return self.classified_batch([image], floor)[0]
+@patch
+def classify(self: Backend, image: np.ndarray, floor: float = 0.0) -> Detections:
+    "The faces of an RGB image with face confidence at least `floor`, labelled, with their class probabilities, before thresholds."
+    return self.classify_batch([image], floor)[0]
 
-    def scored_batch(self, images: list[np.ndarray], floor: float = 0.0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        "Each image's faces (face confidence at least `floor`): boxes, labels and confidences, before thresholds."
-        return [labelled(*faces) for faces in self.classified_batch(images, floor)]
+@patch
+def predict_batch(self: Backend, images: list[np.ndarray], conf: float | None = None) -> list[Detections]:
+    "The detections of each RGB image at or above `conf`, or at or above each class's threshold when `conf` is None."
+    thresholds = self.config["thresholds"]
+    return [found.above(thresholds, conf) for found in self.classify_batch(images, lowest_threshold(thresholds, conf))]
 
-    def scored(self, image: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "The faces of an RGB image (face confidence at least `floor`): boxes, labels and confidences, before thresholds."
-        return self.scored_batch([image], floor)[0]
-
-    def predict_batch(self, images: list[np.ndarray], conf: float | None = None) -> list[list[dict]]:
-        "The detections of each RGB image above `conf`, or above each class's threshold when `conf` is None."
-        thresholds = self.config["thresholds"]
-        floor = min(thresholds.values()) if conf is None else conf  # no face under it can be reported
-        return [thresholded(*faces, thresholds, conf) for faces in self.scored_batch(images, floor)]
-
-    def predict(self, image: np.ndarray, conf: float | None = None) -> list[dict]:
-        "Detections in an RGB image above `conf`, or above each class's threshold when `conf` is None."
-        return self.predict_batch([image], conf)[0]
+@patch
+def predict(self: Backend, image: np.ndarray, conf: float | None = None) -> Detections:
+    "The detections in an RGB image at or above `conf`, or at or above each class's threshold when `conf` is None."
+    return self.predict_batch([image], conf)[0]

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from .core import CLASSES, ModelError
-from .inference import ModelNotFound
+from .core import CLASSES, ModelError, ModelNotFound
 from .model import MaskDetector
 
 # %% auto #0
@@ -46,7 +45,7 @@ class MaskdetModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None):  # the hint: MLflow infers no schema, and says nothing
         from maskdet.data import load_rgb
         files = model_input.iloc[:, 0] if isinstance(model_input, pd.DataFrame) else model_input
-        return [self.detector.predict(np.asarray(load_rgb(Path(f)))) for f in files]
+        return [self.detector.predict(np.asarray(load_rgb(Path(f)))).to_dicts() for f in files]
 
 # %% ../nbs/07_registry.ipynb #0da146b7
 def version_metrics(version) -> dict | None:

@@ -1,11 +1,12 @@
 """Shared fixtures: the project under test, its real inputs, and fresh copies of it to run stages in."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -47,11 +48,23 @@ def model(project, inputs, tmp_path_factory):
     return folder
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_until(condition, what, timeout, interval=0.3, alive=None, output=None):
+    """Poll `condition()` until it returns something truthy, and return it; fail naming `what` after `timeout` seconds,
+    or as soon as the process `alive` has exited, with the end of its `output` file. Connection errors count as
+    not yet."""
+    def failed(reason):
+        pytest.fail(f"{what}: {reason}" + (f"\n{Path(output).read_text()[-3000:]}" if output else ""))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            failed(f"the process exited with status {alive.returncode}")
+        try:
+            if found := condition():
+                return found
+        except (OSError, httpx.TransportError):
+            pass
+        time.sleep(interval)
+    failed(f"not within {timeout} s")
 
 
 def dashboard_root(project, target):

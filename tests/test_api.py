@@ -8,18 +8,18 @@ import io
 import os
 import struct
 import subprocess
-import time
 import zlib
 from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import pytest
-from conftest import BIN, free_port
+from conftest import BIN, wait_until
 from PIL import Image
 
 from maskdet.core import CLASSES, load_params
 from maskdet.inference import Detector, as_rgb
+from maskdet.launch import free_port
 from maskdet.predictions import PredictionLog
 
 PHOTOS = ("maksssksksss0.png", "maksssksksss1.png", "maksssksksss4.png")
@@ -54,16 +54,8 @@ def running_server(project, env, output, command=(BIN / "maskdet", "serve")):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, output.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code in (200, 503):
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
-        else:
-            pytest.fail(f"the API did not answer within 120 s:\n{output.read_text()}")
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).status_code in (200, 503), "the API's /health", 120,
+                   alive=process, output=output)
         yield process, url
     finally:
         process.terminate()
@@ -99,7 +91,7 @@ def test_a_real_photo_gets_the_same_detections_as_the_detector(server, model, ph
     )
     assert answer.status_code == 200 and answer.headers["x-request-id"] == "same-1"
     body = answer.json()
-    expected = Detector(model).predict(as_rgb(Image.open(io.BytesIO(photos[PHOTOS[0]]))))
+    expected = Detector(model).predict(as_rgb(Image.open(io.BytesIO(photos[PHOTOS[0]])))).to_dicts()
     assert body["detections"] == expected and len(expected) >= 2
     assert body["image"] == {"width": 512, "height": 366}
     assert body["model"]["backend"] == "openvino" and body["latency_ms"] > 0

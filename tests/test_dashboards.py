@@ -18,10 +18,11 @@ import cv2
 import httpx
 import psutil
 import pytest
-from conftest import BIN, dashboard_root, free_port
+from conftest import BIN, dashboard_root, wait_until
 
 from maskdet.core import load_params
 from maskdet.inference import Detector, as_rgb
+from maskdet.launch import free_port
 from maskdet.monitoring import drift_decision, folder_features, write_decision
 from maskdet.predictions import PredictionLog
 
@@ -98,16 +99,8 @@ def start_dashboard(root, env):
         process = subprocess.Popen([BIN / "maskdet", "dashboard", "--port", str(port)], cwd=root, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert process.poll() is None, output.read_text()
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        pytest.fail(f"Voila did not listen within 90 s:\n{output.read_text()}")
+    wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, "Voila listening", 90,
+               alive=process, output=output)
     return process, url, output
 
 
@@ -230,10 +223,7 @@ def test_the_dashboards_need_their_token_and_never_show_it(served):
     page = httpx.get(page_url(url, "monitor"), timeout=120)
     assert page.status_code == 200 and "maskdet: monitoring and drift" in page.text
     assert httpx.get(f"{url}/no-such-page?token={TOKEN}", timeout=30).status_code == 404
-    deadline = time.monotonic() + 10
-    while "404 GET /no-such-page" not in output.read_text():
-        assert time.monotonic() < deadline, output.read_text()[-2000:]
-        time.sleep(0.2)
+    wait_until(lambda: "404 GET /no-such-page" in output.read_text(), "the 404 in Voila's log", 10, output=output)
     assert TOKEN not in output.read_text()
     tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
     kernels = [p for p in tree if "ipykernel" in " ".join(p.cmdline())]

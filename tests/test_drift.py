@@ -19,12 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import BIN, free_port
+from conftest import BIN
 from PIL import Image
 
 from maskdet import monitoring
 from maskdet.core import ModelError, ProjectPaths, Settings, load_params
 from maskdet.data import load_rgb, prepare_dataset, sample_voc
+from maskdet.detections import Detections
+from maskdet.launch import free_port
 from maskdet.monitoring import FEATURE_COLUMNS, WEBHOOK_ATTEMPTS, drift_check, post_webhook, served_detector
 from maskdet.predictions import PredictionLog
 
@@ -112,7 +114,7 @@ def test_corrupt_log_rows_are_skipped_and_counted(site, tmp_path):
     _, _, photos = site
     log = PredictionLog(tmp_path / "predictions.db")
     for _, rgb in photos[:40]:
-        log.record(rgb, [], 20.0, source="test")
+        log.record(rgb, Detections.empty(), 20.0, source="test")
     with sqlite3.connect(log.path) as db:
         now = pd.Timestamp.now(tz="UTC").isoformat()
         db.execute("INSERT INTO predictions (time, detections) VALUES (?, 'not json')", (now,))
@@ -284,7 +286,7 @@ def test_the_stage_reads_the_log_and_renders_its_notebook(site):
     assert empty.returncode == 0 and "not enough data (0 < 30 images)" in empty.stdout, empty.stderr[-2000:]
     log = PredictionLog(paths.logs / "predictions.db")
     for _, rgb in photos[:40]:
-        log.record(SHIFTS["dark"](rgb), [], 20.0, source="entrance")
+        log.record(SHIFTS["dark"](rgb), Detections.empty(), 20.0, source="entrance")
     done = maskdet(site, "--fail-on-drift")
     assert done.returncode == 1 and "brightness" in done.stdout, done.stderr[-2000:]
     notebook = json.loads((paths.reports / "drift.ipynb").read_text())

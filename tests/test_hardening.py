@@ -17,11 +17,12 @@ from contextlib import closing
 import httpx
 import psutil
 import pytest
-from conftest import BIN, fill, free_port, run
+from conftest import BIN, fill, run, wait_until
 from PIL import Image
 from test_api import API_KEY, PHOTOS, encoded, running_server
 
 from maskdet.inference import Detector, as_rgb
+from maskdet.launch import free_port
 from maskdet.predictions import PredictionLog
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -127,7 +128,7 @@ def test_phone_photos_are_read_or_refused_clearly_and_thin_strips_are_a_4xx(keye
     mpo = encoded(photo, "MPO", save_all=True, append_images=[photo.rotate(180)])
     assert Image.open(io.BytesIO(mpo)).format == "MPO"
     answer = client.post("/predict", files={"file": ("phone.jpg", mpo, "image/jpeg")})
-    first_frame = Detector(model).predict(as_rgb(Image.open(io.BytesIO(encoded(photo, "JPEG")))))
+    first_frame = Detector(model).predict(as_rgb(Image.open(io.BytesIO(encoded(photo, "JPEG"))))).to_dicts()
     assert answer.status_code == 200 and answer.json()["detections"] == first_frame and len(first_frame) >= 2
     avif = client.post("/predict", files={"file": ("photo.avif", encoded(photo, "AVIF"), "image/avif")})
     assert avif.status_code == 200 and avif.json()["image"] == {"width": photo.width, "height": photo.height}, avif.text
@@ -151,7 +152,7 @@ def test_a_large_jpeg_is_answered_in_its_own_pixels(keyed, model, large_jpeg):
     assert answer.status_code == 200, answer.text
     found, size = answer.json()["detections"], (7168, 5124)
     assert answer.json()["image"] == {"width": size[0], "height": size[1]}
-    expected = Detector(model).predict(as_rgb(Image.open(io.BytesIO(large_jpeg))))  # decoded in full
+    expected = Detector(model).predict(as_rgb(Image.open(io.BytesIO(large_jpeg)))).to_dicts()  # decoded in full
     tolerance = 3 * max(size) / 640  # 3 pixels of the detector's 640-pixel input
     assert len(found) == len(expected) >= 2
     for d in found:
@@ -210,10 +211,7 @@ def test_a_locked_prediction_log_degrades_health_but_fails_no_prediction(keyed, 
         metrics = client.get("/metrics").text
         assert f"maskdet_log_queued {len(answers)}.0" in metrics and "maskdet_log_ok 0.0" in metrics
         lock.execute("ROLLBACK")
-    deadline = time.monotonic() + 60
-    while client.get("/health").json()["status"] != "ok":
-        assert time.monotonic() < deadline, "the queued rows were not written within 60 s of the lock's release"
-        time.sleep(0.5)
+    wait_until(lambda: client.get("/health").json()["status"] == "ok", "the queued rows written, the lock gone", 60)
     assert len(log) == before + len(answers) and "maskdet_log_lost_rows_total 0.0" in client.get("/metrics").text
     assert "Traceback" not in output.read_text()
 
@@ -287,14 +285,6 @@ def test_serve_beyond_loopback_without_a_key_is_refused_in_one_line(project, mod
     assert len(done.stderr.strip().splitlines()) == 1 and "MASKDET_API_KEYS" in done.stderr
 
 
-def wait_for_health(client, status, limit=60):
-    """Poll `/health` until it says `status`; fail after `limit` seconds."""
-    deadline = time.monotonic() + limit
-    while (health := client.get("/health").json())["status"] != status:
-        assert time.monotonic() < deadline, f"/health still says {health} after {limit} s"
-        time.sleep(0.5)
-
-
 def test_a_full_disk_degrades_health_but_fails_no_prediction(project, model, photo, tiny_disk, tmp_path):
     log = tiny_disk / "predictions.db"
     env = {"MASKDET_MODEL": str(model), "MASKDET_PREDICTION_LOG": str(log), "MASKDET_API_KEYS": API_KEY}
@@ -308,7 +298,7 @@ def test_a_full_disk_degrades_health_but_fails_no_prediction(project, model, pho
         health = client.get("/health").json()
         assert health["status"] == "degraded" and "disk full" in health["reason"], health
         (tiny_disk / "filler").unlink()
-        wait_for_health(client, "ok")
+        wait_until(lambda: client.get("/health").json()["status"] == "ok", "/health ok", 60)
         assert len(PredictionLog(log)) == 4
     assert "Traceback" not in (tmp_path / "output.log").read_text()
 

@@ -13,7 +13,9 @@ import time
 import httpx
 import psutil
 import pytest
-from conftest import BIN, dashboard_root, free_port
+from conftest import BIN, dashboard_root, wait_until
+
+from maskdet.launch import free_port
 
 HEALTHY_WITHIN_S = 60
 API_KEY, TOKEN = "launch-key-7d1e", "launch-token-2b8a"
@@ -44,12 +46,12 @@ def start_launcher(root, model, secrets=NO_SECRETS):
 
 def status_rows(process, output):
     """The status table the launcher prints once every service is healthy: {name: {url, pid, state, log}}."""
-    deadline = time.monotonic() + HEALTHY_WITHIN_S + 30  # the services' limit, plus the launcher's own start
-    while "Ctrl-C stops everything." not in output.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
+    try:  # the services' limit, plus the launcher's own start
+        wait_until(lambda: "Ctrl-C stops everything." in output.read_text(), "the status table", HEALTHY_WITHIN_S + 30,
+                   interval=0.5, alive=process, output=output)
+    finally:
+        if process.poll() is None and "Ctrl-C stops everything." not in output.read_text():
             process.kill()
-            pytest.fail(f"no status table within {HEALTHY_WITHIN_S} s:\n{output.read_text()}")
-        time.sleep(0.5)
     lines = output.read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:4] == ["service", "url", "pid", "state"])
     rows = {}

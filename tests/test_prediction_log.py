@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from conftest import fill
+from conftest import fill, wait_until
 
 from maskdet import predictions
 from maskdet.data import load_rgb
+from maskdet.detections import Detections
 from maskdet.predictions import LogWriter, PredictionLog, log_time, prediction_row
 
 
@@ -28,21 +29,11 @@ def photo_path(inputs):
 @pytest.fixture(scope="module")
 def row(photo_path):
     """A log row of a real photo, its image stored (about 30 kB)."""
-    return prediction_row(np.asarray(load_rgb(photo_path)), [], 9.0, store_image=True)
+    return prediction_row(np.asarray(load_rgb(photo_path)), Detections.empty(), 9.0, store_image=True)
 
 
 def requests(row, *ids):
     return [dict(row, request_id=i) for i in ids]
-
-
-def wait_until(condition, timeout=30.0):
-    """Whether `condition()` becomes true within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def integrity(log):
@@ -74,7 +65,7 @@ def test_lock_held_by_another_process(tmp_path, row):
         assert f"prediction log {log.path} locked by another writer: 20 rows waiting" == status["reason"]
         assert len(log) == 0
         holder.wait(timeout=60)
-        assert wait_until(lambda: writer.status()["ok"])
+        wait_until(lambda: writer.status()["ok"], "the writer ok again", 30, interval=0.05)
         assert log.read().request_id.tolist() == [f"r{i}" for i in range(20)]
         assert {k: v for k, v in writer.status().items() if k != "failed_writes"} == \
             {"ok": True, "reason": None, "queued": 0, "lost_rows": 0}
@@ -96,7 +87,7 @@ def test_full_file_system(tiny_disk, row):
         assert status["reason"] == (f"prediction log {log.path} disk full: 5 rows waiting; "
                                     "its queue is full (5 rows), new rows are lost")
         (tiny_disk / "filler").unlink()
-        assert wait_until(lambda: writer.status()["ok"])
+        wait_until(lambda: writer.status()["ok"], "the writer ok again", 30, interval=0.05)
         assert log.read().request_id.tolist() == ["before"] + [f"full{i}" for i in range(5)]
         assert (writer.status()["lost_rows"], integrity(log)) == (3, "ok")
     finally:
@@ -108,7 +99,7 @@ def test_removed_folder_is_made_again(tmp_path, row):
     writer = LogWriter(log, capacity=10, retention_days=0)
     shutil.rmtree(tmp_path / "logs")
     writer.submit(requests(row, "after_removal"))
-    assert wait_until(lambda: writer.status()["ok"])
+    wait_until(lambda: writer.status()["ok"], "the writer ok again", 30, interval=0.05)
     assert log.read().request_id.tolist() == ["after_removal"]
     assert writer.status()["failed_writes"] >= 1
     writer.close()
@@ -126,7 +117,7 @@ def test_queue_overflow_counts_lost_rows(tmp_path, row):
     assert (status["queued"], status["lost_rows"]) == (5, 3)
     holder.execute("COMMIT")
     holder.close()
-    assert wait_until(lambda: writer.status()["ok"])
+    wait_until(lambda: writer.status()["ok"], "the writer ok again", 30, interval=0.05)
     writer.submit(requests(row, "d0"))
     assert log.read().request_id.tolist() == ["a0", "a1", "a2", "b0", "b1", "d0"]
     assert writer.status()["lost_rows"] == 3
@@ -159,9 +150,9 @@ def test_writer_applies_the_retention(tmp_path, row, monkeypatch):
     log.append([aged(row, 40, "old"), aged(row, 10, "recent")])
     writer = LogWriter(log, capacity=10, retention_days=30)
     try:
-        assert wait_until(lambda: log.read().request_id.tolist() == ["recent"])
+        wait_until(lambda: log.read().request_id.tolist() == ["recent"], "only the recent row left", 30, interval=0.05)
         writer.submit([aged(row, 31, "late_old")] + requests(row, "now"))
-        assert wait_until(lambda: log.read().request_id.tolist() == ["recent", "now"])
+        wait_until(lambda: log.read().request_id.tolist() == ["recent", "now"], "the row written", 30, interval=0.05)
     finally:
         writer.close()
 
@@ -170,10 +161,11 @@ CHILD = textwrap.dedent("""
     import os, sys, threading
     import numpy as np
     from maskdet.data import load_rgb
+    from maskdet.detections import Detections
     from maskdet.predictions import LogWriter, PredictionLog, prediction_row, utc_now
 
     writer = LogWriter(PredictionLog(sys.argv[1]), capacity=1000, retention_days=30)
-    row = prediction_row(np.asarray(load_rgb(sys.argv[2])), [], 9.0, store_image=True)
+    row = prediction_row(np.asarray(load_rgb(sys.argv[2])), Detections.empty(), 9.0, store_image=True)
 
     def work(thread):
         for i in range(1_000_000):

@@ -96,13 +96,14 @@ def prune_command(project, log_file, *args, retention=None):
 def test_log_prune_deletes_the_old_rows_and_their_images(project, inputs, tmp_path):
     from PIL import Image
 
+    from maskdet.detections import Detections
     from maskdet.predictions import PredictionLog, log_time
 
     photo = np.asarray(Image.open(inputs["dataset"] / "images" / "maksssksksss0.png").convert("RGB"))
     log_file = tmp_path / "predictions.db"
     log = PredictionLog(log_file)
     for _ in range(8):
-        log.record(photo, [], 20.0, source="entrance", store_image=True)
+        log.record(photo, Detections.empty(), 20.0, source="entrance", store_image=True)
     now = datetime.now(UTC)
     with sqlite3.connect(log_file) as db:  # rows 1-3 from 40 days ago, 4-5 from 10 days ago, 6-8 from now
         for ids, age in (((1, 2, 3), 40), ((4, 5), 10)):

@@ -23,11 +23,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, run
+from conftest import run, wait_until
 
-from maskdet.core import load_params
-from maskdet.data import IMAGE_SUFFIXES, prepare_dataset, sample_voc
+from maskdet.core import IMAGE_SUFFIXES, load_params
+from maskdet.data import prepare_dataset, sample_voc
 from maskdet.inference import Detector
+from maskdet.launch import free_port
 
 STARTED_WITHIN_S = 300
 DRIFT_EVERY_S = 10
@@ -133,19 +134,6 @@ def stack(project, docker_daemon, model, reference):
         docker("image", "prune", "-f", "--filter", "label=maskdet.service", check=False)
 
 
-def wait_for(check, what, timeout=STARTED_WITHIN_S):
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if found := check():
-                return found
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(2)
-    pytest.fail(f"{what}: not within {timeout} s")
-
-
 def health(stack, service):
     """The health state Docker reports for the container of `service`."""
     container = stack["compose"]("ps", "-q", service).stdout.strip()
@@ -156,7 +144,7 @@ def health(stack, service):
 
 @pytest.mark.parametrize("service", ["api", "dashboard", "mlflow"])
 def test_the_services_become_healthy(stack, service):
-    wait_for(lambda: health(stack, service) == "healthy", f"{service} healthy")
+    wait_until(lambda: health(stack, service) == "healthy", f"{service} healthy", STARTED_WITHIN_S, interval=2)
 
 
 def upload(photo):
@@ -165,8 +153,8 @@ def upload(photo):
 
 def test_the_api_detects_faces_in_a_real_photo_through_its_published_port(stack, model, photos):
     url = f"http://127.0.0.1:{stack['ports']['api']}"
-    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health")
-    expected = Detector(model).predict(photos[0])
+    wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health", STARTED_WITHIN_S, interval=2)
+    expected = Detector(model).predict(photos[0]).to_dicts()
     answer = httpx.post(f"{url}/predict", files={"file": upload(photos[0])}, headers=AUTHORIZED, timeout=60)
     assert answer.status_code == 200, answer.text
     found = answer.json()["detections"]
@@ -178,7 +166,7 @@ def test_the_api_detects_faces_in_a_real_photo_through_its_published_port(stack,
 
 def test_a_batch_through_the_api_is_logged_and_checked_for_drift(stack, photos):
     url = f"http://127.0.0.1:{stack['ports']['api']}"
-    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health")
+    wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health", STARTED_WITHIN_S, interval=2)
     for start in range(0, len(photos), 10):
         chunk = photos[start:start + 10]
         answer = httpx.post(f"{url}/predict/batch", files=[("files", upload(p)) for p in chunk], headers=AUTHORIZED,
@@ -193,7 +181,7 @@ def test_a_batch_through_the_api_is_logged_and_checked_for_drift(stack, photos):
         found = json.loads(done.stdout)
         return found if found["window"].get("images", 0) >= len(photos) else None
 
-    found = wait_for(decision, "a drift decision over the logged photos", timeout=DRIFT_EVERY_S * 6 + 120)
+    found = wait_until(decision, "a drift decision over the logged photos", DRIFT_EVERY_S * 6 + 120, interval=2)
     assert found["status"] in ("drift", "no drift"), found["message"]
     assert found["window"]["reference_images"] > 0
     report = stack["compose"]("exec", "-T", "drift", "ls", "/app/reports/drift", check=False).stdout.split()
@@ -202,7 +190,7 @@ def test_a_batch_through_the_api_is_logged_and_checked_for_drift(stack, photos):
 
 def test_the_api_asks_for_a_key_and_health_stays_open(stack, photos):
     url = f"http://127.0.0.1:{stack['ports']['api']}"
-    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health")
+    wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "the API's /health", STARTED_WITHIN_S, interval=2)
     for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": API_KEY}):
         refused = httpx.post(f"{url}/predict", files={"file": upload(photos[0])}, headers=headers, timeout=60)
         assert refused.status_code == 401, (headers, refused.status_code, refused.text)
@@ -212,7 +200,8 @@ def test_the_api_asks_for_a_key_and_health_stays_open(stack, photos):
 
 def test_the_dashboards_answer_with_their_token_only(stack):
     url = f"http://127.0.0.1:{stack['ports']['dashboard']}"
-    wait_for(lambda: httpx.get(f"{url}/?token={TOKEN}").status_code == 200, "the dashboards' index")
+    wait_until(lambda: httpx.get(f"{url}/?token={TOKEN}").status_code == 200, "the dashboards' index", STARTED_WITHIN_S,
+               interval=2)
     for page in ("monitor.ipynb", "webcam.ipynb"):
         refused = httpx.get(f"{url}/voila/render/{page}", timeout=30)
         assert refused.status_code == 302 and refused.headers["location"].startswith("/login"), page
@@ -222,7 +211,7 @@ def test_the_dashboards_answer_with_their_token_only(stack):
 
 def test_mlflow_asks_for_its_password_and_keeps_a_registry(stack):
     url = f"http://127.0.0.1:{stack['ports']['mlflow']}"
-    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "MLflow's /health")
+    wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "MLflow's /health", STARTED_WITHIN_S, interval=2)
     admin = (MLFLOW_USER, MLFLOW_PASSWORD)
     assert httpx.get(f"{url}/").status_code == 401
     search = f"{url}/api/2.0/mlflow/registered-models/search"
