@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import re
 import sys
 
 from pathlib import Path
@@ -15,11 +16,11 @@ from pathlib import Path
 from .core import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ModelError, ProjectPaths, cpu_threads, load_params, setup_runtime
 
 # %% auto #0
-__all__ = ['PACKAGES', 'package_version', 'runtime_info', 'info_command', 'UserError', 'stage_sections', 'run_stage',
-           'prepare_command', 'require', 'require_model', 'train_command', 'evaluate_command', 'register_command',
-           'export_command', 'media_inputs', 'predict_video', 'predict_command', 'serve_command', 'dashboard_command',
-           'launch_command', 'tune_command', 'crossval_command', 'drift_command', 'log_prune_command', 'build_parser',
-           'main']
+__all__ = ['PACKAGES', 'package_version', 'runtime_info', 'info_command', 'UserError', 'notebook_parameters', 'stage_sections',
+           'run_stage', 'prepare_command', 'require', 'require_model', 'train_command', 'evaluate_command',
+           'register_command', 'export_command', 'media_inputs', 'predict_video', 'predict_command', 'serve_command',
+           'dashboard_command', 'launch_command', 'tune_command', 'crossval_command', 'drift_command',
+           'log_prune_command', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #b1f86f3c
 PACKAGES = ("torch", "ultralytics", "onnxruntime", "openvino", "mlflow", "dvc", "evidently", "fastapi", "voila")
@@ -51,23 +52,25 @@ def info_command(args: argparse.Namespace) -> None:
 class UserError(Exception):
     "A problem the user can fix; its message says how. Reported without a traceback."
 
+def notebook_parameters(notebook: Path) -> list[str]:
+    "The names the cell tagged `parameters` of `notebook` assigns (papermill's parameters), in order."
+    cells = json.loads(notebook.read_text())["cells"]
+    source = next(("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", [])), "")
+    return re.findall(r"^(\w+) = ", source, re.MULTILINE)
+
 def stage_sections(name: str, paths: ProjectPaths) -> list[str]:
-    "The `params.yaml` sections stage `name` reads: the top-level names of its `params` in dvc.yaml, in order."
-    import yaml
-    try:
-        stage = yaml.safe_load((paths.root / "dvc.yaml").read_text())["stages"][name]
-    except (OSError, KeyError, TypeError) as error:
-        raise UserError(f"{paths.root / 'dvc.yaml'} declares no stage {name} ({type(error).__name__}): run stages in a maskdet project") from None
-    return list(dict.fromkeys(str(p).split(".")[0] for p in stage.get("params", [])))
+    "The `params.yaml` sections stage `name` reads: the parameters of its notebook that are sections of params.yaml."
+    notebook = paths.root / "nbs" / "pipeline" / f"{name}.ipynb"
+    if not notebook.is_file():
+        raise UserError(f"{notebook} not found: run stages in a maskdet project (nbs/pipeline/ holds the stage notebooks)")
+    sections = load_params(paths=paths)
+    return [p for p in notebook_parameters(notebook) if p in sections]
 
 def run_stage(name: str, paths: ProjectPaths) -> Path:
     "Execute `nbs/pipeline/<name>.ipynb` into `reports/<name>.ipynb` with its `params.yaml` sections."
     import papermill
     params = load_params(paths=paths)
     sections = stage_sections(name, paths)
-    missing = [s for s in sections if s not in params]
-    if missing:
-        raise UserError(f"params.yaml has no {', '.join(missing)} section, which stage {name} needs.")
     report = paths.reports / f"{name}.ipynb"
     report.parent.mkdir(parents=True, exist_ok=True)
     try:
