@@ -25,7 +25,6 @@ import pandas as pd
 from PIL import Image
 
 from maskdet.core import load_params, setup_runtime
-from maskdet.data import load_rgb
 from maskdet.monitoring import (
     cached_features,
     drift_decision,
@@ -36,6 +35,7 @@ from maskdet.monitoring import (
     reference_features,
     save_features,
 )
+from maskdet.readers import load_rgb
 
 
 def jpeg(rgb, quality=10):

@@ -10,7 +10,7 @@ import statistics
 import time
 
 from maskdet.core import load_params, setup_runtime
-from maskdet.data import configured_sources
+from maskdet.sources import configured_sources
 
 
 def time_predictions(model, images, runs, imgsz):

@@ -141,7 +141,7 @@ def open_upload(data: bytes, max_pixels: int, input_size: int) -> Upload:
 
 def decode_upload(upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
     "The upload as an RGB uint8 array, `reduction` times smaller, and the (width, height) of the image as sent, EXIF orientation applied to both; `ImageError` if its data is corrupt."
-    from maskdet.data import load_rgb
+    from maskdet.readers import load_rgb
     try:
         if upload.image.format in REDUCIBLE:
             upload.image.load()

@@ -10,10 +10,17 @@ import importlib.metadata
 import json
 import re
 import sys
-
 from pathlib import Path
 
-from .core import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ModelError, ProjectPaths, cpu_threads, load_params, setup_runtime
+from maskdet.core import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    ModelError,
+    ProjectPaths,
+    cpu_threads,
+    load_params,
+    setup_runtime,
+)
 
 # %% auto #0
 __all__ = ['PACKAGES', 'package_version', 'runtime_info', 'info_command', 'UserError', 'notebook_parameters', 'stage_sections',
@@ -84,7 +91,9 @@ def run_stage(name: str, paths: ProjectPaths) -> Path:
 # %% ../nbs/13_cli.ipynb #54ff5b63
 def prepare_command(args: argparse.Namespace) -> None:
     "Run the prepare stage after checking that the data sets and the label corrections file are there."
-    from maskdet.data import DataSourceError, read_label_corrections, sources_from_params
+    from maskdet.prepare import read_label_corrections
+    from maskdet.readers import DataSourceError
+    from maskdet.sources import sources_from_params
     paths = setup_runtime()
     prepare = load_params("prepare", paths)
     try:

@@ -14,10 +14,10 @@ import pandas as pd
 import yaml
 
 from .core import CLASSES, ProjectPaths, mlflow_experiment
-from .data import LabelledImage, load_split
 from .detections import Detections
 from .evaluate import class_metrics, summary_metrics
 from .model import MaskDetector, default_config
+from .prepare import LabelledImage, load_split
 from .train import FaceCrops, score_faces, train_mask_classifier
 
 log = logging.getLogger(__name__)

@@ -262,7 +262,7 @@ def as_rgb(image) -> np.ndarray:
         return image
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
-    from maskdet.data import load_rgb
+    from maskdet.readers import load_rgb
     return np.asarray(load_rgb(Path(image)))
 
 class Detector:

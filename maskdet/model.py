@@ -28,7 +28,7 @@ __all__ = ['RETRAIN', 'YOLOV8_SCALES', 'BACKBONE_LAYERS', 'MODEL_KEY', 'FILE_FOR
 # %% ../nbs/04_model.ipynb #26664787
 def detector_classes() -> list[type]:
     "The classes a YOLOv8 detection checkpoint holds: the only ones `read_checkpoint` lets a file create."
-    from ultralytics.nn.modules.block import C2f, DFL, SPPF, Bottleneck
+    from ultralytics.nn.modules.block import DFL, SPPF, Bottleneck, C2f
     from ultralytics.nn.modules.conv import Concat, Conv
     from ultralytics.nn.modules.head import Detect
     from ultralytics.nn.tasks import DetectionModel

@@ -23,9 +23,16 @@ import numpy as np
 import pandas as pd
 
 from .core import CLASSES, IMAGE_SUFFIXES, ProjectPaths, Settings, load_params, project_paths
-from .data import load_rgb
 from .detections import Detections
-from .predictions import STATISTIC_COLUMNS, STATISTICS_SIDE, PredictionLog, colourfulness, image_statistics, noise_level
+from maskdet.predictions import (
+    STATISTIC_COLUMNS,
+    STATISTICS_SIDE,
+    PredictionLog,
+    colourfulness,
+    image_statistics,
+    noise_level,
+)
+from .readers import load_rgb
 
 log = logging.getLogger(__name__)
 

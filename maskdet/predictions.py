@@ -26,8 +26,8 @@ import pandas as pd
 from PIL import Image
 
 from .core import CLASSES
-from .data import gray_statistics
 from .detections import Detections
+from .readers import gray_statistics
 
 # %% auto #0
 __all__ = ['STATISTICS_SIDE', 'IMMERKAER', 'STATISTIC_COLUMNS', 'SCHEMA', 'BUSY_TIMEOUT_S', 'PRUNE_BATCH', 'VACUUM_PAGES',

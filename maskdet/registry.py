@@ -43,7 +43,7 @@ class MaskdetModel(mlflow.pyfunc.PythonModel):
         self.detector = MaskDetector(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None):  # the hint: MLflow infers no schema, and says nothing
-        from maskdet.data import load_rgb
+        from maskdet.readers import load_rgb
         files = model_input.iloc[:, 0] if isinstance(model_input, pd.DataFrame) else model_input
         return [self.detector.predict(np.asarray(load_rgb(Path(f)))).to_dicts() for f in files]
 

@@ -17,11 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from .core import CLASSES, ProjectPaths, mlflow_experiment
-from .data import LabelledImage, load_split
 from .detections import Detections
 from .evaluate import Evaluation, box_iou, class_metrics, summary_metrics
 from .faces import crop_faces, fit_box_calibration
-from .model import ClassifierEnsemble, CropClassifier, MaskClassifier, MaskDetector, default_config, save_checkpoint
+from maskdet.model import (
+    ClassifierEnsemble,
+    CropClassifier,
+    MaskClassifier,
+    MaskDetector,
+    default_config,
+    save_checkpoint,
+)
+from .prepare import LabelledImage, load_split
 
 # %% auto #0
 __all__ = ['finetune_detector', 'FaceCrops', 'crop_accuracy', 'train_classifier', 'train_ensemble', 'train_mask_classifier',

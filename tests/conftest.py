@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from maskdet.core import load_params, project_paths
-from maskdet.data import configured_sources
+from maskdet.sources import configured_sources
 
 BIN = Path(sys.executable).parent
 

@@ -88,7 +88,7 @@ def output_texts(output):
 @pytest.mark.parametrize("notebook", sorted(p.name for p in (PATHS.root / "nbs").glob("*.ipynb")))
 def test_committed_outputs_hold_no_paths_pids_warnings_or_tracebacks(notebook):
     cells = json.loads((PATHS.root / "nbs" / notebook).read_text())["cells"]
-    unclean = [(c["id"], UNCLEAN.search(text).group(0)) for c in cells for o in c.get("outputs", [])
+    unclean = [(c["id"], found.group(0) if (found := UNCLEAN.search(text)) else "stderr") for c in cells for o in c.get("outputs", [])
                for text in (output_texts(o) if o["output_type"] != "error" else ["Traceback"])
                if o.get("name") == "stderr" or UNCLEAN.search(text)]
     assert not unclean, f"{notebook}: cells {unclean}: clear those outputs or make the cell print none of it"

@@ -24,11 +24,12 @@ from PIL import Image
 
 from maskdet import monitoring
 from maskdet.core import ModelError, ProjectPaths, Settings, load_params
-from maskdet.data import load_rgb, prepare_dataset, sample_voc
 from maskdet.detections import Detections
 from maskdet.launch import free_port
 from maskdet.monitoring import FEATURE_COLUMNS, WEBHOOK_ATTEMPTS, drift_check, post_webhook, served_detector
 from maskdet.predictions import PredictionLog
+from maskdet.prepare import prepare_dataset
+from maskdet.readers import load_rgb, sample_voc
 
 SHIFTS = {"dark": lambda rgb: (rgb * 0.6).astype(np.uint8), "blurred": lambda rgb: cv2.GaussianBlur(rgb, (0, 0), 3)}
 

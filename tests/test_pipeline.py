@@ -13,7 +13,7 @@ import pytest
 from conftest import BIN, copy_project, run, set_params
 
 from maskdet.core import CLASSES
-from maskdet.data import sample_voc
+from maskdet.readers import sample_voc
 
 QUICK = {
     "model.detector_sizes": [320, 160],

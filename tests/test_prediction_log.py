@@ -16,9 +16,9 @@ import pytest
 from conftest import fill, wait_until
 
 from maskdet import predictions
-from maskdet.data import load_rgb
 from maskdet.detections import Detections
 from maskdet.predictions import LogWriter, PredictionLog, log_time, prediction_row
+from maskdet.readers import load_rgb
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_writer_applies_the_retention(tmp_path, row, monkeypatch):
 CHILD = textwrap.dedent("""
     import os, sys, threading
     import numpy as np
-    from maskdet.data import load_rgb
+    from maskdet.readers import load_rgb
     from maskdet.detections import Detections
     from maskdet.predictions import LogWriter, PredictionLog, prediction_row, utc_now
 

@@ -14,7 +14,7 @@ import yaml
 from conftest import BIN, copy_project, run, set_params
 
 from maskdet.core import CLASSES, load_params
-from maskdet.data import sample_face_folders
+from maskdet.sources import sample_face_folders
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,10 @@ import pytest
 from conftest import run, wait_until
 
 from maskdet.core import IMAGE_SUFFIXES, load_params
-from maskdet.data import prepare_dataset, sample_voc
 from maskdet.inference import Detector
 from maskdet.launch import free_port
+from maskdet.prepare import prepare_dataset
+from maskdet.readers import sample_voc
 
 STARTED_WITHIN_S = 300
 DRIFT_EVERY_S = 10
