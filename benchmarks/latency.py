@@ -43,10 +43,9 @@ from PIL import Image
 
 import maskdet.faces
 from maskdet.core import configure_ultralytics, load_params, setup_runtime
-from maskdet.evaluate import class_metrics, summary_metrics
+from maskdet.evaluate import class_metrics, evaluate_model, summary_metrics
 from maskdet.inference import Detector
 from maskdet.prepare import LabelledImage, load_split
-from maskdet.train import evaluate_model
 
 ULTRALYTICS = "ultralytics .pt predict"
 # face-count groups: (fewest faces, most faces, photos as a multiple of --images)

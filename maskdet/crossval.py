@@ -15,10 +15,10 @@ import yaml
 
 from .core import CLASSES, ProjectPaths, mlflow_experiment
 from .detections import Detections
-from .evaluate import class_metrics, summary_metrics
+from .evaluate import class_metrics, score_faces, summary_metrics
 from .model import MaskDetector, default_config
 from .prepare import LabelledImage, load_split
-from .train import FaceCrops, score_faces, train_mask_classifier
+from .train import FaceCrops, train_mask_classifier
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from .detections import Detections
 # %% auto #0
 __all__ = ['IOU_THRESHOLDS', 'WEBCAM_FRAMES', 'DEGRADATIONS', 'SIZE_BINS', 'box_iou', 'match_detections', 'precision_recall',
            'average_precision', 'Evaluation', 'best_threshold', 'at_threshold', 'class_metrics', 'summary_metrics',
-           'pair_faces', 'confusion_matrix', 'image_errors', 'label_disagreements', 'curve_tables', 'webcam_region',
-           'degrade', 'webcam_view', 'webcam_views', 'faces_found', 'face_size', 'size_bin', 'present_map50',
-           'size_bin_metrics', 'ranked_ap50', 'bootstrap_intervals', 'median_latency']
+           'score_faces', 'evaluate_model', 'pair_faces', 'confusion_matrix', 'image_errors', 'label_disagreements',
+           'curve_tables', 'webcam_region', 'degrade', 'webcam_view', 'webcam_views', 'faces_found', 'face_size',
+           'size_bin', 'present_map50', 'size_bin_metrics', 'ranked_ap50', 'bootstrap_intervals', 'median_latency']
 
 # %% ../nbs/05_evaluate.ipynb #c8a881e7
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -141,6 +141,19 @@ def summary_metrics(per_class: dict[str, dict]) -> dict:
     return {"mAP50": means["ap50"], "mAP50_95": means["ap50_95"], "mAP50_top1": means["ap50_top1"],
             "precision": means["precision"], "recall": means["recall"],
             "per_class": {c: {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()} for c, m in per_class.items()}}
+
+# %% ../nbs/05_evaluate.ipynb #066457b4
+def score_faces(found: list[Detections], images: list, floor: float) -> Evaluation:
+    "The detections of a model in each of `images` (`LabelledImage`s), with their class probabilities, scored against its annotations."
+    evaluation = Evaluation()
+    for detections, image in zip(found, images, strict=True):
+        evaluation.add_faces(detections, image.boxes, image.labels, image.image_id, floor)
+    return evaluation
+
+def evaluate_model(model, images: list) -> Evaluation:
+    "A model's faces (any `Backend`) on `images`, before thresholds, scored against their annotations (`score_faces`)."
+    return score_faces([model.classify(image.rgb()) for image in images], images, model.config["detector_conf"])
+
 
 # %% ../nbs/05_evaluate.ipynb #c99c3d30
 def pair_faces(boxes, labels, scores, true_boxes, true_labels, thresholds: dict[str, float], iou: float = 0.5):

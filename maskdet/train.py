@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import CLASSES, ProjectPaths, mlflow_experiment
-from .detections import Detections
-from .evaluate import Evaluation, box_iou, class_metrics, summary_metrics
+from .evaluate import box_iou, class_metrics, evaluate_model, score_faces, summary_metrics
 from .faces import crop_faces, fit_box_calibration
 from maskdet.model import (
     ClassifierEnsemble,
@@ -32,8 +31,8 @@ from .prepare import LabelledImage, load_split
 
 # %% auto #0
 __all__ = ['finetune_detector', 'FaceCrops', 'crop_accuracy', 'train_classifier', 'train_ensemble', 'train_mask_classifier',
-           'matched_boxes', 'score_faces', 'evaluate_model', 'data_version', 'git_commit', 'flatten', 'environment',
-           'train_model', 'draw_trials', 'tune_classifier']
+           'matched_boxes', 'data_version', 'git_commit', 'flatten', 'environment', 'train_model', 'draw_trials',
+           'tune_classifier']
 
 # %% ../nbs/06_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
@@ -153,17 +152,6 @@ def matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple[
             pairs += list(zip(found[keep], image.boxes[best[keep]]))
     detector.config = config
     return (np.array([p[0] for p in pairs]).reshape(-1, 4), np.array([p[1] for p in pairs]).reshape(-1, 4))
-
-def score_faces(found: list[Detections], images: list[LabelledImage], floor: float) -> Evaluation:
-    "The model's detections in each image, with their class probabilities, scored against its annotations."
-    evaluation = Evaluation()
-    for detections, image in zip(found, images, strict=True):
-        evaluation.add_faces(detections, image.boxes, image.labels, image.image_id, floor)
-    return evaluation
-
-def evaluate_model(detector: MaskDetector, images: list[LabelledImage]) -> Evaluation:
-    "The model's faces on `images`, before thresholds, scored against their annotations (`score_faces`)."
-    return score_faces([detector.classify(image.rgb()) for image in images], images, detector.config["detector_conf"])
 
 # %% ../nbs/06_train.ipynb #d567b4c7
 def data_version(paths: ProjectPaths, processed: Path) -> str:

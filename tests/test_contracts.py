@@ -65,12 +65,14 @@ def test_a_stage_is_its_notebook_and_dvc_watches_the_sections_it_reads(stage):
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_a_stage_depends_on_every_module_its_notebook_reaches(stage):
+def test_a_stage_depends_on_exactly_the_modules_its_notebook_reaches(stage):
     notebook = PATHS.root / "nbs" / "pipeline" / f"{stage}.ipynb"
     used = reachable(set().union(*(imported_modules(source) for source, _ in code_cells(notebook))), module_imports())
     deps = set(STAGES[stage]["deps"])
     missing = sorted(f"maskdet/{m}.py" for m in used if f"maskdet/{m}.py" not in deps)
     assert not missing, f"stage {stage} runs code in {missing} but does not list it in its deps"
+    extra = sorted(d for d in deps if re.fullmatch(r"maskdet/\w+\.py", d) and d[len("maskdet/"):-3] not in used)
+    assert not extra, f"stage {stage} lists {extra} in its deps but never runs them: a change there would rerun it for nothing"
     assert f"nbs/pipeline/{stage}.ipynb" in deps
 
 
@@ -88,7 +90,8 @@ def output_texts(output):
 @pytest.mark.parametrize("notebook", sorted(p.name for p in (PATHS.root / "nbs").glob("*.ipynb")))
 def test_committed_outputs_hold_no_paths_pids_warnings_or_tracebacks(notebook):
     cells = json.loads((PATHS.root / "nbs" / notebook).read_text())["cells"]
-    unclean = [(c["id"], found.group(0) if (found := UNCLEAN.search(text)) else "stderr") for c in cells for o in c.get("outputs", [])
+    unclean = [(c["id"], found.group(0) if (found := UNCLEAN.search(text)) else "stderr")
+               for c in cells for o in c.get("outputs", [])
                for text in (output_texts(o) if o["output_type"] != "error" else ["Traceback"])
                if o.get("name") == "stderr" or UNCLEAN.search(text)]
     assert not unclean, f"{notebook}: cells {unclean}: clear those outputs or make the cell print none of it"
