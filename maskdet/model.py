@@ -16,14 +16,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import CLASSES, ModelError
+from .core import CLASSES, ModelError, ProjectPaths, load_params, project_paths
 from .faces import Backend, as_tensor
 
 # %% auto #0
 __all__ = ['RETRAIN', 'YOLOV8_SCALES', 'BACKBONE_LAYERS', 'MODEL_KEY', 'FILE_FORMAT', 'detector_classes', 'refusal',
            'read_checkpoint', 'yolov8_backbone', 'CropClassifier', 'MaskClassifier', 'ClassifierEnsemble',
            'build_classifier', 'MaskDetector', 'plain_values', 'save_checkpoint', 'load_checkpoint', 'classifier_of',
-           'detector_network', 'default_config']
+           'detector_network', 'default_config', 'starting_checkpoint']
 
 # %% ../nbs/04_model.ipynb #26664787
 def detector_classes() -> list[type]:
@@ -219,3 +219,11 @@ def default_config(params: dict) -> dict:
     "Model settings from the `model` section of params.yaml, thresholds at their defaults."
     keys = ("detector_sizes", "detector_conf", "detector_iou", "coarse_min_face", "face_part", "max_faces", "crop_size", "margin")
     return {**{k: params[k] for k in keys}, "thresholds": {c: params["default_threshold"] for c in CLASSES}, "box_calibration": None}
+
+# %% ../nbs/04_model.ipynb #2b86897c
+def starting_checkpoint(target: Path | str, paths: ProjectPaths | None = None) -> Path:
+    "A `best.pt` at `target`: the starting face detector (`inputs.weights`), an untrained classifier, params.yaml's model settings."
+    paths = paths or project_paths()
+    weights = paths.resolve(load_params("inputs", paths)["weights"])
+    return save_checkpoint(weights, MaskClassifier.from_yolo(weights), default_config(load_params("model", paths)), target)
+

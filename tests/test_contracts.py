@@ -72,7 +72,8 @@ def test_a_stage_depends_on_exactly_the_modules_its_notebook_reaches(stage):
     missing = sorted(f"maskdet/{m}.py" for m in used if f"maskdet/{m}.py" not in deps)
     assert not missing, f"stage {stage} runs code in {missing} but does not list it in its deps"
     extra = sorted(d for d in deps if re.fullmatch(r"maskdet/\w+\.py", d) and d[len("maskdet/"):-3] not in used)
-    assert not extra, f"stage {stage} lists {extra} in its deps but never runs them: a change there would rerun it for nothing"
+    assert not extra, (f"stage {stage} lists {extra} in its deps but never runs them: "
+                       "a change there reruns it for nothing")
     assert f"nbs/pipeline/{stage}.ipynb" in deps
 
 
