@@ -4,7 +4,7 @@ Reference: the project's reference images (params.yaml drift.reference_splits: t
 Windows: drawn with replacement from the test split (115 images never in the reference, from scenes never in
 it: the split keeps similar scenes together), as they are or shifted: brightness -40 %, Gaussian blur
 sigma 3, JPEG quality 10, Gaussian noise sigma 25 grey levels, grey. Every window is decided by
-`maskdet.monitoring.drift_decision` with params.yaml's drift section (evidently's Report + DataDriftPreset,
+`maskdet.drift.drift_decision` with params.yaml's drift section (evidently's Report + DataDriftPreset,
 exactly as `maskdet drift` decides), with min_window lifted so that small windows are decided too.
 Image statistics only (model-free) unless --with-model, which adds the served model's prediction features.
 Per-image features of the test images and their shifted copies are cached in .cache/drift/.
@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from maskdet.core import load_params, setup_runtime
-from maskdet.monitoring import (
+from maskdet.drift import (
     cached_features,
     drift_decision,
     features_key,

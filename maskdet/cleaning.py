@@ -116,6 +116,7 @@ def remove_duplicates(images: pd.DataFrame, groups: np.ndarray, kind: str, decis
 
 # %% ../nbs/03b_cleaning.ipynb #d5495df1
 FACE_SHARES = np.round(np.arange(1.0, 0.55, -0.05), 2)  # the centred parts of a face picture its face may fill
+
 LINK_COLUMNS = ["picture", "scene", "face", "distance", "picture_label", "scene_label"]
 
 def centred_part(picture: Image.Image, share: float) -> Image.Image:
@@ -144,6 +145,7 @@ def picture_hashes(paths: pd.Series) -> np.ndarray:
         return [perceptual_hash(centred_part(gray, share)) for share in FACE_SHARES]
     return np.array([hashes(p) for p in paths], dtype=np.uint64).reshape(len(paths), len(FACE_SHARES))
 
+# %% ../nbs/03b_cleaning.ipynb #8f5df2fc
 def faces_in_scenes(images: pd.DataFrame, boxes: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     "Each face picture of `images` with every scene photo holding a face within `max_distance` pHash bits of a centred part of it."
     pictures = images[images.kind == "face"]
@@ -200,6 +202,7 @@ def reject_unusable(images: pd.DataFrame, decisions: Decisions) -> pd.DataFrame:
         decisions.add(row.image_id, "repaired", f"EXIF orientation {row.orientation:.0f} applied to the pixels")
     return images[images.error.isna()]
 
+# %% ../nbs/03b_cleaning.ipynb #452ec38b
 def apply_class_map(boxes: pd.DataFrame, images: pd.DataFrame, params: dict, decisions: Decisions):
     "Boxes with canonical labels and class ids; unknown classes dropped with their box or their image."
     boxes = boxes.assign(label=canonical_labels(boxes.label.astype(str), params["class_map"]), raw_label=boxes.label)
@@ -230,6 +233,7 @@ def handle_unannotated(images: pd.DataFrame, boxes: pd.DataFrame, policy: str, d
         decisions.add(row.image_id, "kept as background" if policy == "background" else "rejected", reason)
     return images if policy == "background" else images[images.image_id.isin(boxes.image_id)]
 
+# %% ../nbs/03b_cleaning.ipynb #acc66f7f
 def clean_dataset(annotations: Annotations, params: dict) -> CleanDataset:
     "Clean sources read by `read_sources` by the policies in `params` (the `prepare` section)."
     decisions = Decisions()

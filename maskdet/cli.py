@@ -27,7 +27,7 @@ __all__ = ['PACKAGES', 'package_version', 'runtime_info', 'info_command', 'UserE
            'run_stage', 'prepare_command', 'require', 'require_model', 'train_command', 'evaluate_command',
            'register_command', 'export_command', 'media_inputs', 'predict_video', 'predict_command', 'serve_command',
            'dashboard_command', 'launch_command', 'tune_command', 'crossval_command', 'drift_command',
-           'log_prune_command', 'build_parser', 'main']
+           'log_prune_command', 'add_service_commands', 'add_upkeep_commands', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #b1f86f3c
 PACKAGES = ("torch", "ultralytics", "onnxruntime", "openvino", "mlflow", "dvc", "evidently", "fastapi", "voila")
@@ -157,7 +157,6 @@ def export_command(args: argparse.Namespace) -> None:
     print(f"exported ONNX and OpenVINO models to {paths.models}; INT8 {'kept' if exported['int8_kept'] else 'dropped'}; "
           f"served by default: {exported['served']}")
 
-
 def media_inputs(names: list[str]) -> list[Path]:
     "Image and video files named, or found in the folders named."
     files = []
@@ -170,6 +169,7 @@ def media_inputs(names: list[str]) -> list[Path]:
             raise UserError(f"{name} not found: name image or video files, or folders of images.")
     return files
 
+# %% ../nbs/13_cli.ipynb #57b5ff16
 def predict_video(detector, video: Path, conf: float | None, every: int, annotated: Path | None, quiet: bool) -> list[dict]:
     "Detections in every `every`-th frame of a video, with a progress bar; optionally the annotated video."
     import cv2
@@ -204,6 +204,7 @@ def predict_video(detector, video: Path, conf: float | None, every: int, annotat
         writer.release()
     return results
 
+# %% ../nbs/13_cli.ipynb #bad7898f
 def predict_command(args: argparse.Namespace) -> None:
     "Detect faces and masks in images, folders and videos."
     from PIL import Image
@@ -264,6 +265,7 @@ def serve_command(args: argparse.Namespace) -> None:
         raise UserError(str(error)) from None
     serve(settings, detector)
 
+# %% ../nbs/13_cli.ipynb #c6a3d42a
 def dashboard_command(args: argparse.Namespace) -> None:
     "Serve the Voila dashboards of `nbs/dashboards/` (live webcam detection; monitoring and drift) until interrupted."
     import importlib.util
@@ -373,17 +375,8 @@ def log_prune_command(args: argparse.Namespace) -> None:
     print(f"{path}: deleted {deleted} rows older than {days:g} days")
 
 # %% ../nbs/13_cli.ipynb #2a5837bb
-def build_parser() -> argparse.ArgumentParser:
-    "The `maskdet` argument parser with all subcommands."
-    parser = argparse.ArgumentParser(prog="maskdet", description="Face-mask detection: pipeline, inference and services.")
-    parser.add_argument("--version", action="version", version=f"maskdet {package_version('maskdet')}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("info", help="show the project folder, tracking store, threads and packages").set_defaults(func=info_command)
-    commands.add_parser("prepare", help="import, clean and split the data set (pipeline stage)").set_defaults(func=prepare_command)
-    commands.add_parser("train", help="fine-tune the face detector and train the mask classifier (pipeline stage)").set_defaults(func=train_command)
-    commands.add_parser("evaluate", help="score the model on the test split (pipeline stage)").set_defaults(func=evaluate_command)
-    commands.add_parser("register", help="register the model in MLflow and apply the promotion gate (pipeline stage)").set_defaults(func=register_command)
-    commands.add_parser("export", help="export models/best.pt to ONNX, OpenVINO and INT8 (pipeline stage)").set_defaults(func=export_command)
+def add_service_commands(commands) -> None:
+    "The commands that use a model: predict, serve, dashboard and launch."
     predict = commands.add_parser("predict", help="detect faces and masks in images, folders or videos")
     predict.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|VIDEO", help="image files, folders of images, video files")
     predict.add_argument("--model", default="models",
@@ -411,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--dashboard-port", type=int, default=8866, help="dashboards port (default 8866)")
     launch.add_argument("--timeout", type=float, default=120.0, help="seconds each service has to become healthy (default 120)")
     launch.set_defaults(func=launch_command)
+
+# %% ../nbs/13_cli.ipynb #7bd2e6e4
+def add_upkeep_commands(commands) -> None:
+    "The commands that look after the model and its data: tune, crossval, drift and log prune."
     tune = commands.add_parser("tune", help="random search over the classifier's hyperparameters, one MLflow run per trial")
     tune.add_argument("--trials", type=int, help="number of trials (default: tune.trials in params.yaml)")
     tune.set_defaults(func=tune_command)
@@ -429,8 +426,24 @@ def build_parser() -> argparse.ArgumentParser:
     prune = log.add_parser("prune", help="delete the rows (and stored images) older than the retention, now")
     prune.add_argument("--days", type=float, help="delete rows older than this many days (default: MASKDET_LOG_RETENTION_DAYS, 30)")
     prune.set_defaults(func=log_prune_command)
+
+# %% ../nbs/13_cli.ipynb #9256ee73
+def build_parser() -> argparse.ArgumentParser:
+    "The `maskdet` argument parser with all subcommands."
+    parser = argparse.ArgumentParser(prog="maskdet", description="Face-mask detection: pipeline, inference and services.")
+    parser.add_argument("--version", action="version", version=f"maskdet {package_version('maskdet')}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("info", help="show the project folder, tracking store, threads and packages").set_defaults(func=info_command)
+    commands.add_parser("prepare", help="import, clean and split the data set (pipeline stage)").set_defaults(func=prepare_command)
+    commands.add_parser("train", help="fine-tune the face detector and train the mask classifier (pipeline stage)").set_defaults(func=train_command)
+    commands.add_parser("evaluate", help="score the model on the test split (pipeline stage)").set_defaults(func=evaluate_command)
+    commands.add_parser("register", help="register the model in MLflow and apply the promotion gate (pipeline stage)").set_defaults(func=register_command)
+    commands.add_parser("export", help="export models/best.pt to ONNX, OpenVINO and INT8 (pipeline stage)").set_defaults(func=export_command)
+    add_service_commands(commands)
+    add_upkeep_commands(commands)
     return parser
 
+# %% ../nbs/13_cli.ipynb #b6769be3
 def main(argv: list[str] | None = None) -> int:
     "Run the `maskdet` command line; returns the exit status."
     args = build_parser().parse_args(argv)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['PARAMS_FILE', 'CLASSES', 'IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'HUMAN_LOG_FORMAT', 'ULTRALYTICS_INTEGRATIONS_OFF',
@@ -263,20 +264,25 @@ class Settings:
                 raise ValueError(f"MASKDET_{name.upper()}={raw!r} is not a valid {field_type.__name__}") from None
         return cls(**values)
 
-    def path(self, name: str, paths: ProjectPaths | None = None) -> Path:
-        "The setting `name` as a path, relative ones inside the project."
-        return (paths or project_paths()).resolve(getattr(self, name))
+# %% ../nbs/00_core.ipynb #99a78032
+@patch
+def path(self: Settings, name: str, paths: ProjectPaths | None = None) -> Path:
+    "The setting `name` as a path, relative ones inside the project."
+    return (paths or project_paths()).resolve(getattr(self, name))
 
-    def keys(self, paths: ProjectPaths | None = None) -> list[str]:
-        "The API keys: `api_keys` and the lines of `api_keys_file`; a missing file is a clear error."
-        keys = [k.strip() for k in self.api_keys.split(",")]
-        if self.api_keys_file:
-            file = self.path("api_keys_file", paths)
-            if not file.is_file():
-                raise ValueError(f"MASKDET_API_KEYS_FILE={self.api_keys_file!r}: no such file; write one API key per line in it")
-            keys += [line.strip() for line in file.read_text().splitlines() if not line.lstrip().startswith("#")]
-        return [k for k in keys if k]
 
+@patch
+def keys(self: Settings, paths: ProjectPaths | None = None) -> list[str]:
+    "The API keys: `api_keys` and the lines of `api_keys_file`; a missing file is a clear error."
+    keys = [k.strip() for k in self.api_keys.split(",")]
+    if self.api_keys_file:
+        file = self.path("api_keys_file", paths)
+        if not file.is_file():
+            raise ValueError(f"MASKDET_API_KEYS_FILE={self.api_keys_file!r}: no such file; write one API key per line in it")
+        keys += [line.strip() for line in file.read_text().splitlines() if not line.lstrip().startswith("#")]
+    return [k for k in keys if k]
+
+# %% ../nbs/00_core.ipynb #8018ed49
 class ModelError(Exception):
     "A model that cannot be used (missing, corrupt, truncated, of an unknown format): the message says which file and what to do."
 

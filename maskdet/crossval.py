@@ -89,6 +89,7 @@ def fold_scores(classified: list[Detections], images: list[LabelledImage], floor
             "mAP50": metrics["mAP50"], "mAP50_top1": metrics["mAP50_top1"],
             **{f"{name}_ap50": m["ap50"] for name, m in metrics["per_class"].items()}}
 
+# %% ../nbs/06a_crossval.ipynb #f8549af8
 def cross_validate(paths: ProjectPaths, params: dict, processed: Path, checkpoint: Path) -> pd.DataFrame:
     "k-fold cross-validation of the classifier on the train+val photos; one MLflow run; a row per fold and `all`."
     import mlflow

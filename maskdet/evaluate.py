@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 from .core import CLASSES
 from .detections import Detections
@@ -103,11 +104,13 @@ class Evaluation:
         p, r, c = precision_recall(tp[mine], scores[mine], n_true)
         return p, r, c, n_true
 
-    def face_ap50(self) -> float:
-        "AP50 of finding the faces whatever their class: each face found ranked once, by its face confidence."
-        tp, conf = (np.concatenate([f[i] for f in self.faces] or [np.zeros(0)]) for i in (0, 1))
-        n_true = sum(len(t) for t in self.true_labels)
-        return average_precision(*precision_recall(tp.astype(bool), conf, n_true)[:2]) if len(conf) else 0.0
+# %% ../nbs/05_evaluate.ipynb #4bcc8884
+@patch
+def face_ap50(self: Evaluation) -> float:
+    "AP50 of finding the faces whatever their class: each face found ranked once, by its face confidence."
+    tp, conf = (np.concatenate([f[i] for f in self.faces] or [np.zeros(0)]) for i in (0, 1))
+    n_true = sum(len(t) for t in self.true_labels)
+    return average_precision(*precision_recall(tp.astype(bool), conf, n_true)[:2]) if len(conf) else 0.0
 
 # %% ../nbs/05_evaluate.ipynb #597882c6
 def best_threshold(precision: np.ndarray, recall: np.ndarray, confidence: np.ndarray) -> float:
@@ -228,6 +231,7 @@ def curve_tables(evaluation: Evaluation) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # %% ../nbs/05_evaluate.ipynb #a4a4ed47
 WEBCAM_FRAMES = ((240, 240), (640, 480))
+
 DEGRADATIONS = ("clean", "noise", "blur", "dim", "backlit")
 
 def webcam_region(box: np.ndarray, share: float, frame: tuple[int, int], shape: tuple, rng: np.random.Generator) -> np.ndarray:
@@ -257,6 +261,7 @@ def degrade(view: np.ndarray, kind: str, face: np.ndarray, rng: np.random.Genera
     encoded = cv2.imencode(".jpg", np.clip(image, 0, 255).astype(np.uint8)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
     return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1])
 
+# %% ../nbs/05_evaluate.ipynb #24b99910
 def webcam_view(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, face: int, share: float, frame: tuple[int, int],
                 kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "A webcam frame (image, boxes, labels) of face number `face`, filling `share` of the frame's height, degraded by `kind`."

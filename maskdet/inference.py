@@ -91,6 +91,7 @@ def quantize_openvino(model_xml: Path | str, images: list[np.ndarray], folder: P
 
 # %% ../nbs/08_inference.ipynb #2a68eb5c
 EXPORT_AGAIN = "export it again with `maskdet export` (or `dvc repro export`)"
+
 SIGNATURES = {".onnx": ("ONNX model", (b"\x08",)), ".xml": ("OpenVINO IR", (b"<?xml", b"<net"))}
 
 def check_model_file(path: Path) -> Path:
@@ -120,6 +121,7 @@ def reading_model(path: Path, runtime: str):
     except Exception as error:  # ONNX Runtime's and OpenVINO's errors share no base class but Exception
         raise ModelError(f"{path}: {runtime} cannot read it ({last_line(error)}): {EXPORT_AGAIN}") from None
 
+# %% ../nbs/08_inference.ipynb #73851ddf
 def exported_config(folder: Path) -> dict:
     "The settings of the model exported to `folder` (its model.json); a missing or unreadable one is a `ModelError`."
     file = folder / "model.json"
@@ -157,8 +159,10 @@ def image_input(model):
     return steps.build()
 
 COMPILED_SHAPES = 16  # image sizes an OpenVINO detector compiles for (about 30 MB each at 640 px)
+
 COMPILE_AFTER = 3     # ... once a size has come this many times (a camera's, a folder's, not every photo's)
 
+# %% ../nbs/08_inference.ipynb #582b241c
 def openvino_runner(path: Path, threads: int | None = None, precision: str = "f32", images: bool = False):
     "A function running the model at `path` (OpenVINO IR or ONNX) on OpenVINO's CPU plugin, tuned for latency, in `precision` (f32 or bf16); `images`: it takes uint8 image batches, compiled for the sizes that come often."
     import openvino as ov
@@ -192,6 +196,7 @@ def classifier_runner(folder: Path, backend: str, threads: int | None = None, pr
     return RUNNERS[backend](folder / ("classifier.xml" if backend == "openvino" and (folder / "classifier.xml").is_file() else "classifier.onnx"),
                             threads, precision)
 
+# %% ../nbs/08_inference.ipynb #4a5c8512
 class ExportedModel(Backend):
     "The exported face detector and mask classifier on ONNX Runtime or OpenVINO."
     def __init__(self, path: Path | str, backend: str = "openvino", threads: int | None = None, precision: str = "f32"):
@@ -214,6 +219,7 @@ class ExportedModel(Backend):
 
 # %% ../nbs/08_inference.ipynb #690e80a7
 MODEL_FILES = ("openvino/int8/model.xml", "openvino/fp32/model.xml", "model.onnx", "best.pt")
+
 BACKENDS = {".xml": ("openvino",), ".onnx": ("openvino", "onnxruntime"), ".pt": ("torch",)}
 
 def find_model(model: Path | str) -> Path:
@@ -251,6 +257,7 @@ def pick_backend(path: Path, backend: str = "auto") -> str:
             return choice
     raise ImportError(f"{path.name} needs {' or '.join(able)}: pip install it (e.g. `pip install -e .[serve]`)")
 
+# %% ../nbs/08_inference.ipynb #9ecac8b9
 def file_version(path: Path) -> str:
     "A short content hash of a model file, naming the model version in logs and answers."
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]

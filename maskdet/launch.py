@@ -132,6 +132,7 @@ def wait_for_exit(processes: list[psutil.Process], services: list[Service], time
             return running
         time.sleep(0.1)
 
+# %% ../nbs/10_launch.ipynb #225323c8
 def stop_services(services: list[Service], grace: float = 10.0) -> None:
     "Stop the started `services`: SIGTERM to each process group, SIGKILL to what is left after `grace` seconds."
     started = [s for s in services if s.process is not None]
@@ -180,6 +181,7 @@ def watch(services: list[Service]) -> Service:
                 return service
         time.sleep(0.5)
 
+# %% ../nbs/10_launch.ipynb #dc6365b7
 def supervise(services: list[Service], cwd: Path, env: dict[str, str], timeout: float = 120.0, grace: float = 10.0) -> int:
     "Start, check and watch `services` until a signal (exit status 0) or a failure (1); always stop them all."
     previous = {s: signal.signal(s, request_shutdown) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -230,6 +232,7 @@ def missing_model(paths: ProjectPaths, settings: Settings) -> str | None:
         return str(error)
     return None
 
+# %% ../nbs/10_launch.ipynb #d1a13971
 def maskdet_services(paths: ProjectPaths, host: str = "127.0.0.1", mlflow_port: int = 5000, api_port: int = 8000,
                      dashboard_port: int = 8866) -> list[Service]:
     "The MLflow UI (on loopback), the API and the dashboards of the project in `paths`; skipped: the API without a model, MLflow with a server."

@@ -74,6 +74,7 @@ def video_choices(settings: Settings) -> list[tuple[str, str]]:
 # %% ../nbs/12a_live.ipynb #cae34cb4
 class LiveDetection:
     "The modes of the webcam dashboard sharing one model and one prediction log."
+
     def __init__(self, settings: Settings | None = None, log_every: float = 1.0, load: bool = True):
         self.settings = settings or Settings.from_env()
         self.picker = ModelPicker(self.settings, load=load)
@@ -104,18 +105,20 @@ class LiveDetection:
         self.record(rgb, detections, latency, source)
         return detections, latency
 
-    def record(self, rgb, detections, latency, source):
-        "Log a prediction (video sources at most once per `log_every` seconds); a logging problem is shown, not raised."
-        now = time.monotonic()
-        if self.log is None or (source != "dashboard:upload" and now - self.last_logged.get(source, -1e9) < self.log_every):
-            return
-        self.last_logged[source] = now
-        detector = self.picker.detector
-        try:
-            self.log.record(rgb, detections, latency, source=source, model_version=detector.version, backend=detector.backend,
-                            store_image=self.settings.store_images)
-        except Exception as error:
-            log.warning("dashboard: prediction not logged: %s", error)
+# %% ../nbs/12a_live.ipynb #7c50a16d
+@patch
+def record(self: LiveDetection, rgb, detections, latency, source):
+    "Log a prediction (video sources at most once per `log_every` seconds); a logging problem is shown, not raised."
+    now = time.monotonic()
+    if self.log is None or (source != "dashboard:upload" and now - self.last_logged.get(source, -1e9) < self.log_every):
+        return
+    self.last_logged[source] = now
+    detector = self.picker.detector
+    try:
+        self.log.record(rgb, detections, latency, source=source, model_version=detector.version, backend=detector.backend,
+                        store_image=self.settings.store_images)
+    except Exception as error:
+        log.warning("dashboard: prediction not logged: %s", error)
 
 # %% ../nbs/12a_live.ipynb #375e1b92
 @patch

@@ -90,6 +90,7 @@ async def send_error(send, status: int, detail: str, headers: list | None = None
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
+# %% ../nbs/11a_middleware.ipynb #5d5f9754
 class BodyLimit:
     "ASGI middleware: 413 for a request body over `limit` bytes."
     def __init__(self, app, limit: int):

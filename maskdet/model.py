@@ -36,6 +36,7 @@ def detector_classes() -> list[type]:
             nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d, nn.Upsample]
 
 RETRAIN = "retrain with `dvc repro train` (or `maskdet train`)"
+
 _allowing = threading.Lock()  # safe_globals changes a process-wide list: one thread reads a checkpoint at a time
 
 def refusal(path: Path, remedy: str) -> str:
@@ -54,6 +55,7 @@ def refusal(path: Path, remedy: str) -> str:
                 f"could run code when loaded: {remedy}")
     return f"{path} is a damaged PyTorch checkpoint: {remedy}"
 
+# %% ../nbs/04_model.ipynb #59c1c142
 def read_checkpoint(path: Path | str, remedy: str = RETRAIN) -> dict:
     "A YOLOv8 checkpoint loaded with `weights_only=True` and only `detector_classes`; a file that cannot be used is a `ModelError` ending in `remedy`."
     path = Path(path)
@@ -74,6 +76,7 @@ def read_checkpoint(path: Path | str, remedy: str = RETRAIN) -> dict:
 
 # %% ../nbs/04_model.ipynb #6caa76c3
 YOLOV8_SCALES = ("n", "s", "m", "l", "x")
+
 BACKBONE_LAYERS = 10  # a YOLOv8's layers up to SPPF
 
 def yolov8_backbone(scale: str) -> nn.Sequential:
@@ -93,6 +96,7 @@ class CropClassifier(nn.Module):
         parts = [F.softmax(self(torch.from_numpy(crops[i:i + batch])), dim=1).numpy() for i in range(0, len(crops), batch)]
         return np.concatenate(parts) if parts else np.zeros((0, len(CLASSES)), np.float32)
 
+# %% ../nbs/04_model.ipynb #609fb3c6
 class MaskClassifier(CropClassifier):
     "Three-class face classifier: the backbone of a YOLOv8 of `scale`, global average pooling, dropout and a linear head."
     def __init__(self, scale: str = "n", dropout: float = 0.2):
@@ -172,6 +176,7 @@ class MaskDetector(Backend):
 
 # %% ../nbs/04_model.ipynb #50d526e9
 MODEL_KEY = "maskdet"
+
 FILE_FORMAT = 2  # 1 (unnumbered): the classifier pickled as a module; 2: its architecture and state_dict
 
 def plain_values(value):
@@ -201,6 +206,7 @@ def load_checkpoint(path: Path | str) -> dict:
         raise ModelError(f"{path} was saved by another maskdet (file format {found}; this one reads {FILE_FORMAT}): {RETRAIN}")
     return checkpoint
 
+# %% ../nbs/04_model.ipynb #eaa01433
 def classifier_of(checkpoint: dict, path: Path | str) -> CropClassifier:
     "The trained mask classifier of a checkpoint from `load_checkpoint` (read from `path`), in fp32 and eval mode."
     part = checkpoint[MODEL_KEY]

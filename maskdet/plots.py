@@ -52,6 +52,7 @@ def face_view(image: np.ndarray, box, margin: float = 1.0) -> tuple[np.ndarray, 
     x0, y0 = int(max(x1 - side, 0)), int(max(y1 - side, 0))
     return image[y0:int(y2 + side), x0:int(x2 + side)], np.array([[x1 - x0, y1 - y0, x2 - x0, y2 - y0]])
 
+# %% ../nbs/03d_plots.ipynb #0aa5f012
 def plot_samples(samples: list[tuple], columns: int = 4, size: float = 3.5):
     "A grid of (image, boxes, labels[, title]) samples; returns the matplotlib figure."
     import matplotlib.pyplot as plt

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
+from fastcore.basics import patch
 
 from .core import CLASSES
 from .detections import Detections
@@ -64,6 +65,7 @@ def image_statistics(rgb: np.ndarray) -> dict:
 
 # %% ../nbs/09_predictions.ipynb #1f47e59f
 STATISTIC_COLUMNS = ("width", "height", "aspect", "brightness", "contrast", "sharpness", "colourfulness", "noise")
+
 SCHEMA = f"""CREATE TABLE IF NOT EXISTS predictions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, request_id TEXT, source TEXT,
     model_version TEXT, backend TEXT, {", ".join(f"{c} REAL" for c in STATISTIC_COLUMNS)},
@@ -91,6 +93,7 @@ def prediction_row(image: np.ndarray, detections: Detections, latency_ms: float,
             **image_statistics(image), "faces": len(detections), **detections.counts(), "detections": json.dumps(detections.to_dicts()),
             "latency_ms": float(latency_ms), "image": jpeg_bytes(image) if store_image else None}
 
+# %% ../nbs/09_predictions.ipynb #e585a330
 def parsed_rows(frame: pd.DataFrame) -> pd.DataFrame:
     "Rows of a raw log table whose time and detections can be read, with detections parsed and time as datetime."
     def detections(text):
@@ -107,15 +110,25 @@ def parsed_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[good].astype({c: float for c in (*STATISTIC_COLUMNS, "latency_ms")})
 
 BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before it gives up
+
 PRUNE_BATCH = 500      # rows deleted per transaction: a prune makes writers wait for one short batch, not for all of it
+
 VACUUM_PAGES = 4096    # free pages given back to the file system per transaction, for the same reason
+
 INCREMENTAL_VACUUM = 2 # PRAGMA auto_vacuum's value for logs created here; older logs reuse their free pages instead
 
+# %% ../nbs/09_predictions.ipynb #5f1a0ec9
 class PredictionLog:
     "The SQLite prediction log at `path` (created on first use, WAL mode)."
+
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.create()
+
+    @staticmethod
+    def columns(db: sqlite3.Connection) -> str:
+        "Every column of the table but the image."
+        return ", ".join(r[1] for r in db.execute("PRAGMA table_info(predictions)") if r[1] != "image")
 
     def create(self, timeout: float = BUSY_TIMEOUT_S) -> None:
         "Make what is missing: the folder, the file (a new one gives freed pages back: incremental auto-vacuum), the table."
@@ -139,63 +152,70 @@ class PredictionLog:
                 db.executemany(f"INSERT INTO predictions ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})",
                                [list(row.values()) for row in rows])
 
-    def prune(self, older_than_days: float, timeout: float = BUSY_TIMEOUT_S) -> int:
-        "Delete the rows (and so their images) older than `older_than_days` days (none when <= 0), shrink the file, checkpoint; how many rows went."
-        if older_than_days <= 0:
-            return 0
-        cutoff, deleted = log_time(datetime.now(UTC) - timedelta(days=older_than_days)), 0
-        with closing(self.connect(timeout)) as db:
-            while True:
-                with db:
-                    batch = db.execute("DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE time < ? LIMIT ?)",
-                                       (cutoff, PRUNE_BATCH)).rowcount
-                deleted += batch
-                if batch < PRUNE_BATCH:
-                    break
-            if db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL_VACUUM:
-                while db.execute("PRAGMA freelist_count").fetchone()[0]:
-                    db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
-        self.checkpoint(timeout)
-        return deleted
+# %% ../nbs/09_predictions.ipynb #37d97b91
+@patch
+def prune(self: PredictionLog, older_than_days: float, timeout: float = BUSY_TIMEOUT_S) -> int:
+    "Delete the rows (and so their images) older than `older_than_days` days (none when <= 0), shrink the file, checkpoint; how many rows went."
+    if older_than_days <= 0:
+        return 0
+    cutoff, deleted = log_time(datetime.now(UTC) - timedelta(days=older_than_days)), 0
+    with closing(self.connect(timeout)) as db:
+        while True:
+            with db:
+                batch = db.execute("DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE time < ? LIMIT ?)",
+                                   (cutoff, PRUNE_BATCH)).rowcount
+            deleted += batch
+            if batch < PRUNE_BATCH:
+                break
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL_VACUUM:
+            while db.execute("PRAGMA freelist_count").fetchone()[0]:
+                db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+    self.checkpoint(timeout)
+    return deleted
 
-    def checkpoint(self, timeout: float = BUSY_TIMEOUT_S) -> bool:
-        "Copy the write-ahead log into the database file and empty it; False when a reader or writer kept it from finishing."
-        with closing(self.connect(timeout)) as db:
-            return db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
 
-    def record(self, image: np.ndarray, detections: Detections, latency_ms: float, **details) -> None:
-        "Log one prediction of `image`; `details` as in `prediction_row`."
-        self.append([prediction_row(image, detections, latency_ms, **details)])
+@patch
+def checkpoint(self: PredictionLog, timeout: float = BUSY_TIMEOUT_S) -> bool:
+    "Copy the write-ahead log into the database file and empty it; False when a reader or writer kept it from finishing."
+    with closing(self.connect(timeout)) as db:
+        return db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
 
-    def read(self, since: str | datetime | None = None, until: str | datetime | None = None, limit: int | None = None) -> pd.DataFrame:
-        "The readable rows between `since` and `until` (UTC), oldest first, without images; `attrs['skipped']` counts the others."
-        clauses, values = [], []
-        for op, bound in ((">=", since), ("<", until)):
-            if bound is not None:
-                clauses.append(f"time {op} ?")
-                values.append(log_time(bound))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT * FROM (SELECT * FROM predictions {where} ORDER BY id DESC {f'LIMIT {int(limit)}' if limit else ''}) ORDER BY id"
-        with closing(self.connect()) as db:
-            raw = pd.read_sql_query(query.replace("SELECT *", "SELECT " + self.columns(db), 1), db, params=values)
-        frame = parsed_rows(raw)
-        frame.attrs["skipped"] = len(raw) - len(frame)
-        return frame.reset_index(drop=True)
 
-    @staticmethod
-    def columns(db: sqlite3.Connection) -> str:
-        "Every column of the table but the image."
-        return ", ".join(r[1] for r in db.execute("PRAGMA table_info(predictions)") if r[1] != "image")
+@patch
+def record(self: PredictionLog, image: np.ndarray, detections: Detections, latency_ms: float, **details) -> None:
+    "Log one prediction of `image`; `details` as in `prediction_row`."
+    self.append([prediction_row(image, detections, latency_ms, **details)])
 
-    def image(self, row_id: int) -> np.ndarray | None:
-        "The stored image of row `row_id`, or None when images are not stored."
-        with closing(self.connect()) as db:
-            found = db.execute("SELECT image FROM predictions WHERE id = ?", (int(row_id),)).fetchone()
-        return np.asarray(Image.open(io.BytesIO(found[0])).convert("RGB")) if found and found[0] else None
+# %% ../nbs/09_predictions.ipynb #8bc0cd8b
+@patch
+def read(self: PredictionLog, since: str | datetime | None = None, until: str | datetime | None = None, limit: int | None = None) -> pd.DataFrame:
+    "The readable rows between `since` and `until` (UTC), oldest first, without images; `attrs['skipped']` counts the others."
+    clauses, values = [], []
+    for op, bound in ((">=", since), ("<", until)):
+        if bound is not None:
+            clauses.append(f"time {op} ?")
+            values.append(log_time(bound))
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    query = f"SELECT * FROM (SELECT * FROM predictions {where} ORDER BY id DESC {f'LIMIT {int(limit)}' if limit else ''}) ORDER BY id"
+    with closing(self.connect()) as db:
+        raw = pd.read_sql_query(query.replace("SELECT *", "SELECT " + self.columns(db), 1), db, params=values)
+    frame = parsed_rows(raw)
+    frame.attrs["skipped"] = len(raw) - len(frame)
+    return frame.reset_index(drop=True)
 
-    def __len__(self) -> int:
-        with closing(self.connect()) as db:
-            return db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+
+@patch
+def image(self: PredictionLog, row_id: int) -> np.ndarray | None:
+    "The stored image of row `row_id`, or None when images are not stored."
+    with closing(self.connect()) as db:
+        found = db.execute("SELECT image FROM predictions WHERE id = ?", (int(row_id),)).fetchone()
+    return np.asarray(Image.open(io.BytesIO(found[0])).convert("RGB")) if found and found[0] else None
+
+
+@patch
+def __len__(self: PredictionLog) -> int:
+    with closing(self.connect()) as db:
+        return db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
 
 # %% ../nbs/09_predictions.ipynb #1f392eb9
 logger = logging.getLogger("maskdet.predictions")
@@ -225,13 +245,19 @@ def retryable(error: Exception) -> bool:
 
 # %% ../nbs/09_predictions.ipynb #b88bd6f3
 WRITE_TIMEOUT_S = 1.0           # how long a write waits for the log's lock before its rows are queued (or retried later)
+
 RETRY_FIRST_S = 0.25            # the writer's first wait between retries of queued rows; it doubles after each failure...
+
 RETRY_LONGEST_S = 5.0           # ...up to this
+
 RETRY_BATCH = 500               # queued rows written per transaction
+
 RETENTION_INTERVAL_S = 3600.0   # the writer applies the retention and checkpoints when it starts and then this often
 
+# %% ../nbs/09_predictions.ipynb #28f892f0
 class LogWriter:
     "Writes prediction rows to `log` without ever failing or long delaying a prediction; keeps `retention_days` (0: forever)."
+
     def __init__(self, log: PredictionLog, capacity: int, retention_days: float):
         self.log, self.capacity, self.retention_days = log, capacity, retention_days
         self.queue: deque[dict] = deque()
@@ -264,127 +290,151 @@ class LogWriter:
             return {"ok": self.cause is None, "reason": reason, "queued": len(self.queue),
                     "failed_writes": self.failed_writes, "lost_rows": self.lost_rows}
 
-    def close(self, timeout: float = 5.0) -> None:
-        "Write what is queued (trying for up to `timeout` s; what is left is lost) and stop the writer's thread."
-        with self.changed:
-            self.closing, self.deadline = True, time.monotonic() + timeout
-            self.changed.notify_all()
-        self.thread.join(timeout + WRITE_TIMEOUT_S)
+# %% ../nbs/09_predictions.ipynb #be969a87
+@patch
+def close(self: LogWriter, timeout: float = 5.0) -> None:
+    "Write what is queued (trying for up to `timeout` s; what is left is lost) and stop the writer's thread."
+    with self.changed:
+        self.closing, self.deadline = True, time.monotonic() + timeout
+        self.changed.notify_all()
+    self.thread.join(timeout + WRITE_TIMEOUT_S)
 
-    def hold_open(self) -> sqlite3.Connection | None:
-        "An idle connection kept while the writer runs, so that closing a write's connection does not checkpoint the WAL every time."
-        try:
-            db = sqlite3.connect(self.log.path, timeout=WRITE_TIMEOUT_S, check_same_thread=False)
-            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            return db
-        except sqlite3.Error:
-            return None
 
-    def write(self, rows: list[dict], retry: bool = False) -> bool:
-        "Try to store `rows` (a retry first recreates a missing log); False, with the failure recorded, when they must wait."
-        try:
-            if retry:
-                self.log.create(WRITE_TIMEOUT_S)
-            self.log.append(rows, WRITE_TIMEOUT_S)
-        except Exception as error:
-            if retryable(error):
-                self.failed(error)
-                return False
-            self.drop_unwritable(rows, error)
+@patch
+def hold_open(self: LogWriter) -> sqlite3.Connection | None:
+    "An idle connection kept while the writer runs, so that closing a write's connection does not checkpoint the WAL every time."
+    try:
+        db = sqlite3.connect(self.log.path, timeout=WRITE_TIMEOUT_S, check_same_thread=False)
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.Error:
+        return None
+
+
+@patch
+def write(self: LogWriter, rows: list[dict], retry: bool = False) -> bool:
+    "Try to store `rows` (a retry first recreates a missing log); False, with the failure recorded, when they must wait."
+    try:
+        if retry:
+            self.log.create(WRITE_TIMEOUT_S)
+        self.log.append(rows, WRITE_TIMEOUT_S)
+    except Exception as error:
+        if retryable(error):
+            self.failed(error)
+            return False
+        self.drop_unwritable(rows, error)
+    with self.changed:
+        self.settle()
+    return True
+
+# %% ../nbs/09_predictions.ipynb #353fa295
+@patch
+def failed(self: LogWriter, error: Exception) -> None:
+    "Count a failed write; log its reason when it is a new one."
+    words = failure_reason(error, self.log.path)
+    with self.changed:
+        self.failed_writes += 1
+        if words != self.cause:
+            logger.warning("prediction log %s %s: rows are queued (at most %d) and retried", self.log.path, words, self.capacity)
+            self.cause = words
+
+
+@patch
+def drop_unwritable(self: LogWriter, rows: list[dict], error: Exception) -> None:
+    "Count rows that no retry can store as lost; log each new kind of error."
+    with self.changed:
+        self.lost_rows += len(rows)
+        if str(error) != self.last_unwritable:
+            logger.error("prediction log %s: %d rows cannot be stored and are lost (%s: %s)", self.log.path, len(rows),
+                         type(error).__name__, error)
+            self.last_unwritable = str(error)
+
+
+@patch
+def enqueue(self: LogWriter, rows: list[dict]) -> None:
+    "Queue `rows` behind the others (the lock is held); what does not fit is lost."
+    room = 0 if self.stopped else max(self.capacity - len(self.queue), 0)
+    self.queue.extend(rows[:room])
+    if lost := len(rows) - min(room, len(rows)):
+        self.lost_rows += lost
+        why = "its writer is closed" if self.stopped else f"its queue is full ({self.capacity} rows)"
+        if why != self.dropping:
+            logger.error("prediction log %s: %s, new rows are lost", self.log.path, why)
+            self.dropping = why
+
+# %% ../nbs/09_predictions.ipynb #c02a36eb
+@patch
+def settle(self: LogWriter) -> None:
+    "After a write: once nothing waits any more, the failure is over (the lock is held)."
+    if self.cause and not self.queue:
+        logger.info("prediction log %s written again (%d rows lost since start)", self.log.path, self.lost_rows)
+        self.cause, self.dropping = None, None
+
+
+@patch
+def flush(self: LogWriter) -> bool:
+    "Write the queued rows, oldest first; False when the log refused them (they stay queued)."
+    while True:
         with self.changed:
+            batch = list(islice(self.queue, RETRY_BATCH))
+        if not batch:
+            return True
+        if not self.write(batch, retry=True):
+            return False
+        with self.changed:
+            for _ in batch:
+                self.queue.popleft()
             self.settle()
-        return True
 
-    def failed(self, error: Exception) -> None:
-        "Count a failed write; log its reason when it is a new one."
-        words = failure_reason(error, self.log.path)
+
+@patch
+def apply_retention(self: LogWriter) -> None:
+    "Delete the rows older than the retention (none when it is 0), checkpoint the WAL, and log what happened."
+    try:
+        deleted = self.log.prune(self.retention_days, WRITE_TIMEOUT_S)
+        self.log.checkpoint(WRITE_TIMEOUT_S)
+    except Exception as error:
+        logger.warning("prediction log %s: retention and checkpoint not done (%s); next try in %g s", self.log.path,
+                       failure_reason(error, self.log.path), RETENTION_INTERVAL_S)
+        return
+    if deleted:
+        logger.info("prediction log %s: %d rows older than %g days deleted", self.log.path, deleted, self.retention_days)
+
+# %% ../nbs/09_predictions.ipynb #f2c5937c
+@patch
+def run(self: LogWriter) -> None:
+    "The writer's thread: apply the retention on schedule, retry queued rows with growing waits; after `close`, flush and stop."
+    delay, next_retention = 0.0, time.monotonic()
+    while True:
+        if not self.closing and time.monotonic() >= next_retention:
+            self.apply_retention()
+            next_retention = time.monotonic() + RETENTION_INTERVAL_S
+        delay = 0.0 if self.flush() else min(max(2 * delay, RETRY_FIRST_S), RETRY_LONGEST_S)
         with self.changed:
-            self.failed_writes += 1
-            if words != self.cause:
-                logger.warning("prediction log %s %s: rows are queued (at most %d) and retried", self.log.path, words, self.capacity)
-                self.cause = words
+            now, retrying, was_closing = time.monotonic(), bool(self.queue), self.closing
+            if was_closing and (not retrying or now >= self.deadline):
+                break
+            timeout = delay if retrying else next_retention - now
+            if was_closing:
+                timeout = min(timeout, self.deadline - now)
+            self.changed.wait_for(partial(self.news, was_closing, retrying), timeout)
+    self.stop()
 
-    def drop_unwritable(self, rows: list[dict], error: Exception) -> None:
-        "Count rows that no retry can store as lost; log each new kind of error."
-        with self.changed:
-            self.lost_rows += len(rows)
-            if str(error) != self.last_unwritable:
-                logger.error("prediction log %s: %d rows cannot be stored and are lost (%s: %s)", self.log.path, len(rows),
-                             type(error).__name__, error)
-                self.last_unwritable = str(error)
 
-    def enqueue(self, rows: list[dict]) -> None:
-        "Queue `rows` behind the others (the lock is held); what does not fit is lost."
-        room = 0 if self.stopped else max(self.capacity - len(self.queue), 0)
-        self.queue.extend(rows[:room])
-        if lost := len(rows) - min(room, len(rows)):
-            self.lost_rows += lost
-            why = "its writer is closed" if self.stopped else f"its queue is full ({self.capacity} rows)"
-            if why != self.dropping:
-                logger.error("prediction log %s: %s, new rows are lost", self.log.path, why)
-                self.dropping = why
+@patch
+def news(self: LogWriter, was_closing: bool, retrying: bool) -> bool:
+    "Whether the waiting thread has something new to do: `close` was called, or rows arrived in an empty queue."
+    return self.closing != was_closing or (not retrying and bool(self.queue))
 
-    def settle(self) -> None:
-        "After a write: once nothing waits any more, the failure is over (the lock is held)."
-        if self.cause and not self.queue:
-            logger.info("prediction log %s written again (%d rows lost since start)", self.log.path, self.lost_rows)
-            self.cause, self.dropping = None, None
 
-    def flush(self) -> bool:
-        "Write the queued rows, oldest first; False when the log refused them (they stay queued)."
-        while True:
-            with self.changed:
-                batch = list(islice(self.queue, RETRY_BATCH))
-            if not batch:
-                return True
-            if not self.write(batch, retry=True):
-                return False
-            with self.changed:
-                for _ in batch:
-                    self.queue.popleft()
-                self.settle()
-
-    def apply_retention(self) -> None:
-        "Delete the rows older than the retention (none when it is 0), checkpoint the WAL, and log what happened."
-        try:
-            deleted = self.log.prune(self.retention_days, WRITE_TIMEOUT_S)
-            self.log.checkpoint(WRITE_TIMEOUT_S)
-        except Exception as error:
-            logger.warning("prediction log %s: retention and checkpoint not done (%s); next try in %g s", self.log.path,
-                           failure_reason(error, self.log.path), RETENTION_INTERVAL_S)
-            return
-        if deleted:
-            logger.info("prediction log %s: %d rows older than %g days deleted", self.log.path, deleted, self.retention_days)
-
-    def run(self) -> None:
-        "The writer's thread: apply the retention on schedule, retry queued rows with growing waits; after `close`, flush and stop."
-        delay, next_retention = 0.0, time.monotonic()
-        while True:
-            if not self.closing and time.monotonic() >= next_retention:
-                self.apply_retention()
-                next_retention = time.monotonic() + RETENTION_INTERVAL_S
-            delay = 0.0 if self.flush() else min(max(2 * delay, RETRY_FIRST_S), RETRY_LONGEST_S)
-            with self.changed:
-                now, retrying, was_closing = time.monotonic(), bool(self.queue), self.closing
-                if was_closing and (not retrying or now >= self.deadline):
-                    break
-                timeout = delay if retrying else next_retention - now
-                if was_closing:
-                    timeout = min(timeout, self.deadline - now)
-                self.changed.wait_for(partial(self.news, was_closing, retrying), timeout)
-        self.stop()
-
-    def news(self, was_closing: bool, retrying: bool) -> bool:
-        "Whether the waiting thread has something new to do: `close` was called, or rows arrived in an empty queue."
-        return self.closing != was_closing or (not retrying and bool(self.queue))
-
-    def stop(self) -> None:
-        "The thread's end: queued rows not written by now are lost."
-        if self.keeper is not None:
-            self.keeper.close()
-        with self.changed:
-            self.stopped = True
-            if self.queue:
-                logger.error("prediction log %s %s: %d queued rows lost at shutdown", self.log.path, self.cause, len(self.queue))
-                self.lost_rows += len(self.queue)
-                self.queue.clear()
+@patch
+def stop(self: LogWriter) -> None:
+    "The thread's end: queued rows not written by now are lost."
+    if self.keeper is not None:
+        self.keeper.close()
+    with self.changed:
+        self.stopped = True
+        if self.queue:
+            logger.error("prediction log %s %s: %d queued rows lost at shutdown", self.log.path, self.cause, len(self.queue))
+            self.lost_rows += len(self.queue)
+            self.queue.clear()

@@ -129,6 +129,7 @@ def write_detector_lists(manifest: pd.DataFrame, output: Path) -> dict[str, str]
         (output / lists[split]).write_text("".join(f"./{file}\n" for file in part.file))
     return lists
 
+# %% ../nbs/03c_prepare.ipynb #6fd3635d
 def write_yolo_dataset(clean: CleanDataset, splits: pd.Series, output: Path) -> pd.DataFrame:
     "Write the cleaned, split data set in the YOLO layout under `output`; returns the manifest."
     output = Path(output)
@@ -168,6 +169,7 @@ def source_metrics(clean: CleanDataset, manifest: pd.DataFrame) -> dict:
                          "found_in_scenes": int(out.image_id.isin(found).sum()), "splits": split_counts(out)}
     return metrics
 
+# %% ../nbs/03c_prepare.ipynb #223c25d5
 def data_metrics(clean: CleanDataset, manifest: pd.DataFrame) -> dict:
     "The numbers `dvc metrics show` reports for the prepare stage."
     log = clean.decisions

@@ -112,6 +112,7 @@ def yolo_boxes(image_id: str, label_file: Path, names: list[str], width: int, he
         boxes.append(dict(image_id=image_id, label=label, x1=cx - w / 2, y1=cy - h / 2, x2=cx + w / 2, y2=cy + h / 2))
     return boxes
 
+# %% ../nbs/03_readers.ipynb #c7c61966
 def read_yolo(folder: Path) -> Annotations:
     "Read a YOLO data set: `folder/images/**` with labels at the same paths under `folder/labels/`."
     folder = Path(folder)
@@ -287,6 +288,7 @@ def load_rgb(path: Path) -> Image.Image:
             oriented = Image.fromarray((np.asarray(oriented, dtype=np.float64) / 256).clip(0, 255).astype(np.uint8))
         return oriented.convert("RGB")
 
+# %% ../nbs/03_readers.ipynb #0a93d16a
 def inspect_image(path: Path | None) -> dict:
     "What a cleaner needs to know about one image file; `error` says why it cannot be used."
     if path is None or not Path(path).is_file():

@@ -59,6 +59,7 @@ def alias_version(client: mlflow.MlflowClient, name: str, alias: str):
     except MlflowException:
         return None
 
+# %% ../nbs/07_registry.ipynb #a405837e
 def register_model(checkpoint: Path, run_id: str, metrics: dict, name: str, max_class_drop: float, data_version: str = "",
                    rescore: Callable[[Path], dict] | None = None) -> dict:
     "Register `checkpoint` (of run `run_id`) as a version of `name` and apply the gate; `rescore(best_pt)`: the champion's metrics now."
@@ -91,6 +92,7 @@ def register_model(checkpoint: Path, run_id: str, metrics: dict, name: str, max_
 
 NOT_IN_REGISTRY = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for an unknown model, version, alias or run
 
+# %% ../nbs/07_registry.ipynb #f958b705
 def model_path(reference: str | Path) -> Path:
     "A local `best.pt` for a model reference: a file path, or an MLflow URI such as `models:/maskdet@champion`; `ModelNotFound` if none."
     if str(reference).startswith(("models:/", "runs:/")):

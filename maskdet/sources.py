@@ -44,7 +44,9 @@ def canonical_labels(labels: pd.Series, class_map: dict) -> pd.Series:
 
 # %% ../nbs/03a_sources.ipynb #56ce36ea
 SOURCE_KEYS = ("name", "path", "format", "class_map")
+
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
 ADD_A_SOURCE = ("Each entry of inputs.sources in params.yaml needs a name and a path (relative to inputs.root, or absolute); "
                 "format (auto, voc, yolo, coco or folders) and class_map are optional.")
 
@@ -76,6 +78,7 @@ def check_class_folders(source: Source) -> None:
         raise source.error(f"sub-folder {', '.join(f'{n}/' for n in unmapped)} of {source.path} names no class: rename it to one of "
                            f"{', '.join(CLASSES)} or map it in the source's class_map, e.g. class_map: {{{unmapped[0]}: with_mask}}.")
 
+# %% ../nbs/03a_sources.ipynb #f7fa7e61
 def check_source(source: Source) -> Source:
     "`source` with its format told from its folder; a `DataSourceError` naming the source and the fix when it cannot be read."
     try:
@@ -114,6 +117,7 @@ def sources_from_params(inputs: dict, class_map: dict, paths: ProjectPaths) -> l
     return [check_source(Source(str(e["name"]), root / Path(e["path"]).expanduser(), e.get("format") or "auto",
                                 class_map | (e.get("class_map") or {}))) for e in entries]
 
+# %% ../nbs/03a_sources.ipynb #263ddc2a
 def configured_sources(paths: ProjectPaths | None = None) -> list[Source]:
     "The checked sources of the project's params.yaml; the first is the real data set examples and tests read."
     paths = paths or project_paths()

@@ -183,6 +183,7 @@ def flatten(params: dict, prefix: str = "") -> dict:
             flat[f"{prefix}{key}"] = value
     return flat
 
+# %% ../nbs/06_train.ipynb #d3f902de
 @contextmanager
 def environment(**values: str):
     "Set environment variables for the duration of a `with` block."
@@ -197,6 +198,7 @@ def environment(**values: str):
             else:
                 os.environ[key] = value
 
+# %% ../nbs/06_train.ipynb #cafe003e
 def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path, run_name: str = "train") -> str:
     "Train detector and classifier, choose thresholds, write `output` (best.pt); returns the MLflow run id."
     import mlflow

@@ -21,9 +21,10 @@ import pytest
 from conftest import BIN, dashboard_root, wait_until
 
 from maskdet.core import load_params
+from maskdet.drift import drift_decision, folder_features
 from maskdet.inference import Detector, as_rgb
 from maskdet.launch import free_port
-from maskdet.monitoring import drift_decision, folder_features, write_decision
+from maskdet.monitoring import write_decision
 from maskdet.predictions import PredictionLog
 
 playwright = pytest.importorskip("playwright.sync_api")

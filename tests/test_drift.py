@@ -25,8 +25,9 @@ from PIL import Image
 from maskdet import monitoring
 from maskdet.core import ModelError, ProjectPaths, Settings, load_params
 from maskdet.detections import Detections
+from maskdet.drift import FEATURE_COLUMNS
 from maskdet.launch import free_port
-from maskdet.monitoring import FEATURE_COLUMNS, WEBHOOK_ATTEMPTS, drift_check, post_webhook, served_detector
+from maskdet.monitoring import WEBHOOK_ATTEMPTS, drift_check, post_webhook, served_detector
 from maskdet.predictions import PredictionLog
 from maskdet.prepare import prepare_dataset
 from maskdet.readers import load_rgb, sample_voc
