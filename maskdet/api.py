@@ -30,14 +30,12 @@ from .uploads import SEND, ImageError, ServiceError, Upload, boxes_in, decode_up
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'EXAMPLE_DETECTION', 'EXAMPLE_MODEL', 'UNAUTHORIZED', 'UNAVAILABLE', 'ERRORS', 'MODEL_ERRORS', 'Detection',
-           'ImageSize', 'ModelRef', 'Prediction', 'BatchPrediction', 'ModelInfo', 'ErrorAnswer', 'Health', 'model_info',
-           'validation_message', 'warmed_up', 'unavailable_detail', 'naming_file', 'Service', 'AppState',
-           'add_error_handlers', 'add_routes', 'create_app', 'serve']
+__all__ = ['log', 'Detection', 'ImageSize', 'ModelRef', 'Prediction', 'BatchPrediction', 'ModelInfo', 'ErrorAnswer', 'Health',
+           'model_info', 'Service', 'AppState', 'create_app', 'serve']
 
 # %% ../nbs/11b_api.ipynb #9c6e6c9f
-EXAMPLE_DETECTION = {"label": "with_mask", "confidence": 0.93, "box": [79.0, 105.0, 109.0, 142.0]}
-EXAMPLE_MODEL = {"name": "maskdet", "version": "3f1c2a9b7d4e", "backend": "openvino"}
+_EXAMPLE_DETECTION = {"label": "with_mask", "confidence": 0.93, "box": [79.0, 105.0, 109.0, 142.0]}
+_EXAMPLE_MODEL = {"name": "maskdet", "version": "3f1c2a9b7d4e", "backend": "openvino"}
 
 class Detection(BaseModel):
     "One face: its label, confidence and box [x1, y1, x2, y2] in the image's pixels."
@@ -56,8 +54,8 @@ class ModelRef(BaseModel):
 
 class Prediction(BaseModel):
     "The detections in one image."
-    model_config = {"json_schema_extra": {"examples": [{"detections": [EXAMPLE_DETECTION], "image": {"width": 512, "height": 366},
-                                                        "model": EXAMPLE_MODEL, "latency_ms": 14.2}]}}
+    model_config = {"json_schema_extra": {"examples": [{"detections": [_EXAMPLE_DETECTION], "image": {"width": 512, "height": 366},
+                                                        "model": _EXAMPLE_MODEL, "latency_ms": 14.2}]}}
     detections: list[Detection]
     image: ImageSize
     model: ModelRef
@@ -70,7 +68,7 @@ class BatchPrediction(BaseModel):
 # %% ../nbs/11b_api.ipynb #21d7e32e
 class ModelInfo(BaseModel):
     "The model this service runs."
-    model_config = {"json_schema_extra": {"examples": [{**EXAMPLE_MODEL, "source": "models", "path": "models/openvino/int8/model.xml",
+    model_config = {"json_schema_extra": {"examples": [{**_EXAMPLE_MODEL, "source": "models", "path": "models/openvino/int8/model.xml",
                                                         "precision": "f32", "classes": list(CLASSES), "detector_sizes": [640, 320],
                                                         "thresholds": {"with_mask": 0.41, "without_mask": 0.37, "mask_weared_incorrect": 0.22}}]}}
     name: str
@@ -87,13 +85,13 @@ class ErrorAnswer(BaseModel):
     "What is wrong and what to do."
     detail: str = Field(examples=[f"the file is not an image this service reads: {SEND}"])
 
-UNAUTHORIZED = {401: {"model": ErrorAnswer, "description": "missing or wrong API key (when the service has keys)"}}
-UNAVAILABLE = {503: {"model": ErrorAnswer, "description": "the model cannot be loaded, or the service is busy (then with Retry-After)"}}
-ERRORS = {400: {"model": ErrorAnswer, "description": "empty file"}, **UNAUTHORIZED,
+_UNAUTHORIZED = {401: {"model": ErrorAnswer, "description": "missing or wrong API key (when the service has keys)"}}
+_UNAVAILABLE = {503: {"model": ErrorAnswer, "description": "the model cannot be loaded, or the service is busy (then with Retry-After)"}}
+_ERRORS = {400: {"model": ErrorAnswer, "description": "empty file"}, **_UNAUTHORIZED,
           413: {"model": ErrorAnswer, "description": "upload, image, batch or the request's pixels over their limit"},
           415: {"model": ErrorAnswer, "description": "not a JPEG, PNG, WebP, AVIF or BMP still image"},
           422: {"model": ErrorAnswer, "description": "missing file field, corrupt/truncated image, or one too small or thin to hold a face"},
-          **UNAVAILABLE}
+          **_UNAVAILABLE}
 
 class Health(BaseModel):
     "Whether the service answers: ok; degraded (predictions go on, the prediction log is not written: `reason`); unavailable (503, `detail`)."
@@ -105,7 +103,7 @@ class Health(BaseModel):
     detail: str | None = Field(None, description="why the service is unavailable, and what to do")
 
 # %% ../nbs/11b_api.ipynb #b15e214a
-MODEL_ERRORS = (ModelError, OSError, ValueError, RuntimeError)
+_MODEL_ERRORS = (ModelError, OSError, ValueError, RuntimeError)
 
 def model_info(detector: Detector) -> dict:
     "What `/model` answers."
@@ -113,7 +111,7 @@ def model_info(detector: Detector) -> dict:
             "backend": detector.backend, "precision": detector.precision, "classes": list(CLASSES),
             "thresholds": detector.thresholds, "detector_sizes": detector_sizes(detector.config)}
 
-def validation_message(error: RequestValidationError) -> str:
+def _validation_message(error: RequestValidationError) -> str:
     "A readable sentence for FastAPI's validation errors."
     parts = []
     for e in error.errors():
@@ -125,17 +123,17 @@ def validation_message(error: RequestValidationError) -> str:
             parts.append(f"{where}: {e['msg']}")
     return "; ".join(parts)
 
-def warmed_up(detector: Detector) -> Detector:
+def _warmed_up(detector: Detector) -> Detector:
     "The detector after one prediction, so that the first real request is not the slow one."
     detector.predict(np.full((240, 320, 3), 114, np.uint8))
     return detector
 
-def unavailable_detail(error: Exception) -> str:
+def _unavailable_detail(error: Exception) -> str:
     "What `/health` and the endpoints answer when the model cannot be loaded."
     return f"the model cannot be loaded: {error}. Fix MASKDET_MODEL (or the model files) and restart the service"
 
 @contextmanager
-def naming_file(index: int, name: str | None, batch: bool):
+def _naming_file(index: int, name: str | None, batch: bool):
     "Prefix the detail of an `ImageError` raised inside with the file it is about (`files[i] (name): ...`) in a batch."
     try:
         yield
@@ -172,7 +170,7 @@ def opened(self: Service, files: list[UploadFile], batch: bool) -> list[Upload]:
     "The uploads read, opened and checked, their decoded pixels within the request's budget."
     uploads = []
     for i, f in enumerate(files):
-        with naming_file(i, f.filename, batch):
+        with _naming_file(i, f.filename, batch):
             uploads.append(open_upload(f.file.read(), self.settings.max_pixels, self.input_size))
     pixels, limit = sum(u.pixels for u in uploads), self.settings.max_request_pixels
     if pixels > limit:
@@ -186,7 +184,7 @@ def decoded(self: Service, files: list[UploadFile], uploads: list[Upload], batch
     decoded = []
     for i, (f, upload) in enumerate(zip(files, uploads)):
         start = time.perf_counter()
-        with naming_file(i, f.filename, batch):
+        with _naming_file(i, f.filename, batch):
             decoded.append((*decode_upload(upload), time.perf_counter() - start))
     return decoded
 
@@ -245,9 +243,9 @@ class AppState:
         settings = self.settings
         self.gate = InferenceGate(settings.max_inferences, settings.max_waiting, settings.request_timeout_s)
         try:
-            loaded = warmed_up(detector or Detector(settings.model, settings.backend, precision=settings.precision))
-        except MODEL_ERRORS as error:
-            self.unavailable = unavailable_detail(error)
+            loaded = _warmed_up(detector or Detector(settings.model, settings.backend, precision=settings.precision))
+        except _MODEL_ERRORS as error:
+            self.unavailable = _unavailable_detail(error)
             log.error("model not loaded: the service answers 503", extra={"detail": self.unavailable})
         else:
             self.running = Service(settings, self.metrics, loaded)
@@ -258,7 +256,7 @@ class AppState:
             self.running = None
 
 # %% ../nbs/11b_api.ipynb #a88f7912
-def add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI) -> None:
     "JSON answers for a `ServiceError`, a request that does not validate (422) and anything unexpected (500, logged)."
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError):
@@ -266,7 +264,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
-        return JSONResponse({"detail": validation_message(error)}, status_code=422)
+        return JSONResponse({"detail": _validation_message(error)}, status_code=422)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception):
@@ -275,7 +273,7 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"internal error (request {request_id}): see the service log"}, status_code=500)
 
 # %% ../nbs/11b_api.ipynb #3d3d9d18
-def add_routes(app: FastAPI, state: AppState, keyed: list) -> None:
+def _add_routes(app: FastAPI, state: AppState, keyed: list) -> None:
     "The endpoints: /health, /model, /predict, /predict/batch and /metrics."
     @app.get("/health", response_model=Health, response_model_exclude_none=True, summary="Liveness and readiness",
              responses={503: {"model": Health, "description": "the model cannot be loaded: `detail` says why"}})
@@ -285,22 +283,22 @@ def add_routes(app: FastAPI, state: AppState, keyed: list) -> None:
         except ServiceError as error:
             return JSONResponse({"status": "unavailable", "detail": error.detail}, status_code=503)
 
-    @app.get("/model", response_model=ModelInfo, responses=UNAUTHORIZED | UNAVAILABLE, dependencies=keyed, summary="The model this service runs")
+    @app.get("/model", response_model=ModelInfo, responses=_UNAUTHORIZED | _UNAVAILABLE, dependencies=keyed, summary="The model this service runs")
     def model() -> dict:
         return state.service().info
 
-    @app.post("/predict", response_model=Prediction, responses=ERRORS, dependencies=keyed, summary="Detect and label the faces in one image")
+    @app.post("/predict", response_model=Prediction, responses=_ERRORS, dependencies=keyed, summary="Detect and label the faces in one image")
     async def predict(request: Request, file: Annotated[UploadFile, File(description="a JPEG, PNG, WebP, AVIF or BMP image")],
                       conf: Annotated[float | None, Query(ge=0, le=1, description="one threshold for every class instead of the model's own")] = None) -> dict:
         return (await state.answers(request, [file], conf, batch=False))[0]
 
-    @app.post("/predict/batch", response_model=BatchPrediction, responses=ERRORS, dependencies=keyed,
+    @app.post("/predict/batch", response_model=BatchPrediction, responses=_ERRORS, dependencies=keyed,
               summary="Several images, one answer each, in order")
     async def predict_batch(request: Request, files: Annotated[list[UploadFile], File(description="images, repeated field `files`")],
                             conf: Annotated[float | None, Query(ge=0, le=1, description="one threshold for every class")] = None) -> dict:
         return {"results": await state.answers(request, files, conf, batch=True)}
 
-    @app.get("/metrics", responses=UNAUTHORIZED, dependencies=keyed, summary="Prometheus metrics")
+    @app.get("/metrics", responses=_UNAUTHORIZED, dependencies=keyed, summary="Prometheus metrics")
     def prometheus() -> Response:
         return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -317,8 +315,8 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     if keys:
         app.add_middleware(ApiKeys, keys=keys)
     app.add_middleware(RequestContext, metrics=metrics)
-    add_error_handlers(app)
-    add_routes(app, state, [Security(HTTPBearer(auto_error=False, description=SEND_KEY))] if keys else [])
+    _add_error_handlers(app)
+    _add_routes(app, state, [Security(HTTPBearer(auto_error=False, description=SEND_KEY))] if keys else [])
     return app
 
 # %% ../nbs/11b_api.ipynb #b132f485

@@ -19,10 +19,8 @@ from .readers import Annotations, inspect_images, load_rgb, perceptual_hash
 from .sources import canonical_labels
 
 # %% auto #0
-__all__ = ['DECISION_COLUMNS', 'FACE_SHARES', 'LINK_COLUMNS', 'CORRECTION_COLUMNS', 'Decisions', 'orient_points', 'orient_boxes',
-           'fit_boxes', 'hamming_distances', 'connected_groups', 'remove_duplicates', 'centred_part',
-           'scene_face_hashes', 'picture_hashes', 'faces_in_scenes', 'split_links', 'CleanDataset', 'reject_unusable',
-           'apply_class_map', 'fit_all_boxes', 'handle_unannotated', 'clean_dataset']
+__all__ = ['DECISION_COLUMNS', 'CORRECTION_COLUMNS', 'Decisions', 'remove_duplicates', 'faces_in_scenes', 'CleanDataset',
+           'reject_unusable', 'apply_class_map', 'fit_all_boxes', 'handle_unannotated', 'clean_dataset']
 
 # %% ../nbs/03b_cleaning.ipynb #93dbcc29
 DECISION_COLUMNS = ["image_id", "action", "reason", "boxes"]
@@ -41,26 +39,26 @@ class Decisions:
         return table.assign(source=table.image_id.map(sources))
 
 # %% ../nbs/03b_cleaning.ipynb #690e5a70
-def orient_points(x: np.ndarray, y: np.ndarray, orientation: int, width: int, height: int):
+def _orient_points(x: np.ndarray, y: np.ndarray, orientation: int, width: int, height: int):
     "Where points of a stored image of `width`x`height` land after applying EXIF `orientation`."
     return {1: (x, y), 2: (width - x, y), 3: (width - x, height - y), 4: (x, height - y),
             5: (y, x), 6: (height - y, x), 7: (height - y, width - x), 8: (y, width - x)}[orientation]
 
-def orient_boxes(boxes: pd.DataFrame, orientation: int, width: int, height: int) -> pd.DataFrame:
+def _orient_boxes(boxes: pd.DataFrame, orientation: int, width: int, height: int) -> pd.DataFrame:
     "`boxes` drawn on stored pixels, moved to the upright image."
-    xa, ya = orient_points(boxes.x1.to_numpy(), boxes.y1.to_numpy(), orientation, width, height)
-    xb, yb = orient_points(boxes.x2.to_numpy(), boxes.y2.to_numpy(), orientation, width, height)
+    xa, ya = _orient_points(boxes.x1.to_numpy(), boxes.y1.to_numpy(), orientation, width, height)
+    xb, yb = _orient_points(boxes.x2.to_numpy(), boxes.y2.to_numpy(), orientation, width, height)
     return boxes.assign(x1=np.minimum(xa, xb), y1=np.minimum(ya, yb), x2=np.maximum(xa, xb), y2=np.maximum(ya, yb))
 
 # %% ../nbs/03b_cleaning.ipynb #a72921ac
-def fit_boxes(boxes: pd.DataFrame, image: pd.Series, min_box_size: float, decisions: Decisions) -> pd.DataFrame:
+def _fit_boxes(boxes: pd.DataFrame, image: pd.Series, min_box_size: float, decisions: Decisions) -> pd.DataFrame:
     "One image's boxes in its upright pixels, clipped, without degenerate or tiny boxes; decisions logged."
     if boxes.empty:
         return boxes
     image_id, width, height = image.image_id, image.width, image.height
     swaps = image.orientation in (5, 6, 7, 8)
     if image.orientation != 1 and swaps and (image.ann_width, image.ann_height) == (image.raw_width, image.raw_height):
-        boxes = orient_boxes(boxes, image.orientation, image.raw_width, image.raw_height)
+        boxes = _orient_boxes(boxes, image.orientation, image.raw_width, image.raw_height)
         decisions.add(image_id, "repaired", f"boxes turned with EXIF orientation {image.orientation}", len(boxes))
     elif pd.notna(image.ann_width) and (image.ann_width, image.ann_height) != (width, height):
         sx, sy = width / image.ann_width, height / image.ann_height
@@ -81,13 +79,13 @@ def fit_boxes(boxes: pd.DataFrame, image: pd.Series, min_box_size: float, decisi
     return clipped[~(degenerate | tiny)]
 
 # %% ../nbs/03b_cleaning.ipynb #c3633856
-def hamming_distances(hashes: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
+def _hamming_distances(hashes: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
     "Bit distances between 64-bit hashes: of every pair of `hashes`, or of each of `hashes` to each of `others`."
     hashes = np.asarray(hashes, np.uint64)
     others = hashes if others is None else np.asarray(others, np.uint64)
     return np.bitwise_count(hashes[:, None] ^ others[None, :])
 
-def connected_groups(linked: np.ndarray) -> np.ndarray:
+def _connected_groups(linked: np.ndarray) -> np.ndarray:
     "Group number of each item, items linked directly or through others sharing a group."
     n = len(linked)
     group = np.full(n, -1)
@@ -115,16 +113,16 @@ def remove_duplicates(images: pd.DataFrame, groups: np.ndarray, kind: str, decis
     return images.loc[sorted(keep.index)]
 
 # %% ../nbs/03b_cleaning.ipynb #d5495df1
-FACE_SHARES = np.round(np.arange(1.0, 0.55, -0.05), 2)  # the centred parts of a face picture its face may fill
+_FACE_SHARES = np.round(np.arange(1.0, 0.55, -0.05), 2)  # the centred parts of a face picture its face may fill
 
-LINK_COLUMNS = ["picture", "scene", "face", "distance", "picture_label", "scene_label"]
+_LINK_COLUMNS = ["picture", "scene", "face", "distance", "picture_label", "scene_label"]
 
-def centred_part(picture: Image.Image, share: float) -> Image.Image:
+def _centred_part(picture: Image.Image, share: float) -> Image.Image:
     "The middle `share` of `picture`'s width and height."
     w, h = picture.size
     return picture.crop((round(w * (1 - share) / 2), round(h * (1 - share) / 2), round(w * (1 + share) / 2), round(h * (1 + share) / 2)))
 
-def scene_face_hashes(images: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
+def _scene_face_hashes(images: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
     "The perceptual hash of every annotated face of the scene photos in `images`, cut at its box and at the square around it."
     faces = boxes.assign(face=boxes.groupby("image_id").cumcount())
     by_image = dict(tuple(faces.groupby("image_id")))
@@ -138,34 +136,34 @@ def scene_face_hashes(images: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame
                      for r in (box, square)]
     return pd.DataFrame(rows, columns=["scene", "face", "scene_label", "hash"])
 
-def picture_hashes(paths: pd.Series) -> np.ndarray:
-    "The perceptual hashes (pictures x `FACE_SHARES`) of the centred parts of the pictures at `paths`."
+def _picture_hashes(paths: pd.Series) -> np.ndarray:
+    "The perceptual hashes (pictures x `_FACE_SHARES`) of the centred parts of the pictures at `paths`."
     def hashes(path):
         gray = load_rgb(path).convert("L")
-        return [perceptual_hash(centred_part(gray, share)) for share in FACE_SHARES]
-    return np.array([hashes(p) for p in paths], dtype=np.uint64).reshape(len(paths), len(FACE_SHARES))
+        return [perceptual_hash(_centred_part(gray, share)) for share in _FACE_SHARES]
+    return np.array([hashes(p) for p in paths], dtype=np.uint64).reshape(len(paths), len(_FACE_SHARES))
 
 # %% ../nbs/03b_cleaning.ipynb #8f5df2fc
 def faces_in_scenes(images: pd.DataFrame, boxes: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     "Each face picture of `images` with every scene photo holding a face within `max_distance` pHash bits of a centred part of it."
     pictures = images[images.kind == "face"]
-    scenes = scene_face_hashes(images, boxes) if len(pictures) else pd.DataFrame()
+    scenes = _scene_face_hashes(images, boxes) if len(pictures) else pd.DataFrame()
     if scenes.empty:
-        return pd.DataFrame(columns=LINK_COLUMNS)
-    parts = picture_hashes(pictures.image_path)
-    distances = reduce(np.minimum, (hamming_distances(parts[:, k], scenes.hash) for k in range(parts.shape[1])))
+        return pd.DataFrame(columns=_LINK_COLUMNS)
+    parts = _picture_hashes(pictures.image_path)
+    distances = reduce(np.minimum, (_hamming_distances(parts[:, k], scenes.hash) for k in range(parts.shape[1])))
     picture, scene = np.nonzero(distances <= max_distance)
     labels = boxes.groupby("image_id").label.first()
     links = pd.DataFrame({"picture": pictures.image_id.to_numpy()[picture], "scene": scenes.scene.to_numpy()[scene],
                           "face": scenes.face.to_numpy()[scene], "distance": distances[picture, scene],
                           "picture_label": labels.reindex(pictures.image_id.to_numpy()[picture]).to_numpy(),
                           "scene_label": scenes.scene_label.to_numpy()[scene]})
-    return links.sort_values(["picture", "distance"]).drop_duplicates(["picture", "scene"]).reset_index(drop=True)[LINK_COLUMNS]
+    return links.sort_values(["picture", "distance"]).drop_duplicates(["picture", "scene"]).reset_index(drop=True)[_LINK_COLUMNS]
 
-def split_links(images: pd.DataFrame, links: pd.DataFrame, group_distance: int) -> np.ndarray:
+def _split_links(images: pd.DataFrame, links: pd.DataFrame, group_distance: int) -> np.ndarray:
     "Which images must share a split (n x n): scene photos within `group_distance` pHash bits, a face picture and its scenes."
     scene = images.kind.eq("scene").to_numpy()
-    linked = (hamming_distances(images.phash.to_numpy(np.uint64)) <= group_distance) & scene[:, None] & scene[None, :]
+    linked = (_hamming_distances(images.phash.to_numpy(np.uint64)) <= group_distance) & scene[:, None] & scene[None, :]
     position = pd.Series(np.arange(len(images)), index=images.image_id)
     pictures, scenes = position[links.picture].to_numpy(), position[links.scene].to_numpy()
     linked[pictures, scenes] = linked[scenes, pictures] = True
@@ -219,9 +217,9 @@ def apply_class_map(boxes: pd.DataFrame, images: pd.DataFrame, params: dict, dec
     return boxes.assign(class_id=boxes.label.map(CLASSES.index)).drop(columns="raw_label"), images
 
 def fit_all_boxes(boxes: pd.DataFrame, images: pd.DataFrame, min_box_size: float, decisions: Decisions) -> pd.DataFrame:
-    "Every image's boxes through `fit_boxes`."
+    "Every image's boxes through `_fit_boxes`."
     by_image = dict(tuple(boxes.groupby("image_id")))
-    fitted = [fit_boxes(by_image[row.image_id], row, min_box_size, decisions)
+    fitted = [_fit_boxes(by_image[row.image_id], row, min_box_size, decisions)
               for _, row in images.iterrows() if row.image_id in by_image]
     return pd.concat(fitted, ignore_index=True) if fitted else boxes.iloc[:0]
 
@@ -243,14 +241,14 @@ def clean_dataset(annotations: Annotations, params: dict) -> CleanDataset:
     images = handle_unannotated(images, boxes, params["unannotated"], decisions)
     images = images.assign(faces=images.image_id.map(boxes.image_id.value_counts()).fillna(0).astype(int)).reset_index(drop=True)
     images = remove_duplicates(images, pd.factorize(images.sha256)[0], "exact", decisions).reset_index(drop=True)
-    distances = hamming_distances(images.phash.to_numpy(np.uint64))
-    near = connected_groups(distances <= params["near_duplicate_distance"])
+    distances = _hamming_distances(images.phash.to_numpy(np.uint64))
+    near = _connected_groups(distances <= params["near_duplicate_distance"])
     pairs = [(images.image_id[i], images.image_id[j], distances[i, j], images.image_path[i], images.image_path[j])
              for i, j in zip(*np.triu_indices(len(images), 1)) if distances[i, j] <= params["near_duplicate_distance"]]
     images = remove_duplicates(images, near, "near", decisions, distances).reset_index(drop=True)
     boxes = boxes[boxes.image_id.isin(images.image_id)].reset_index(drop=True)
     links = faces_in_scenes(images, boxes, params["face_in_scene_distance"])
-    images = images.assign(group=connected_groups(split_links(images, links, params["group_distance"])))
+    images = images.assign(group=_connected_groups(_split_links(images, links, params["group_distance"])))
     inputs = annotations.images[["image_id", "source", "kind"]].reset_index(drop=True)
     return CleanDataset(images, boxes, decisions.frame(inputs.set_index("image_id").source),
                         pd.DataFrame(pairs, columns=["image_a", "image_b", "distance", "path_a", "path_b"]), links, inputs, len(annotations.boxes))

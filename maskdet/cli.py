@@ -23,23 +23,22 @@ from maskdet.core import (
 )
 
 # %% auto #0
-__all__ = ['PACKAGES', 'package_version', 'runtime_info', 'info_command', 'UserError', 'notebook_parameters', 'stage_sections',
-           'run_stage', 'prepare_command', 'require', 'require_model', 'train_command', 'evaluate_command',
-           'register_command', 'export_command', 'media_inputs', 'predict_video', 'predict_command', 'serve_command',
+__all__ = ['info_command', 'UserError', 'notebook_parameters', 'stage_sections', 'run_stage', 'prepare_command', 'train_command',
+           'evaluate_command', 'register_command', 'export_command', 'predict_command', 'serve_command',
            'dashboard_command', 'launch_command', 'tune_command', 'crossval_command', 'drift_command',
-           'log_prune_command', 'add_service_commands', 'add_upkeep_commands', 'build_parser', 'main']
+           'log_prune_command', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #b1f86f3c
-PACKAGES = ("torch", "ultralytics", "onnxruntime", "openvino", "mlflow", "dvc", "evidently", "fastapi", "voila")
+_PACKAGES = ("torch", "ultralytics", "onnxruntime", "openvino", "mlflow", "dvc", "evidently", "fastapi", "voila")
 
-def package_version(name: str) -> str | None:
+def _package_version(name: str) -> str | None:
     "Installed version of `name`, or None."
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
 
-def runtime_info(paths) -> dict:
+def _runtime_info(paths) -> dict:
     "A summary of the project folder, tracking store, threads and installed packages."
     import os
     return {
@@ -48,12 +47,12 @@ def runtime_info(paths) -> dict:
         "mlflow_tracking_uri": os.environ["MLFLOW_TRACKING_URI"],
         "ultralytics_config": os.environ["YOLO_CONFIG_DIR"],
         "threads": cpu_threads(),
-        "packages": {name: package_version(name) for name in PACKAGES},
+        "packages": {name: _package_version(name) for name in _PACKAGES},
     }
 
 def info_command(args: argparse.Namespace) -> None:
     "Print the runtime summary."
-    print(json.dumps(runtime_info(setup_runtime()), indent=2))
+    print(json.dumps(_runtime_info(setup_runtime()), indent=2))
 
 # %% ../nbs/13_cli.ipynb #38b901d8
 class UserError(Exception):
@@ -108,12 +107,12 @@ def prepare_command(args: argparse.Namespace) -> None:
           f"{paths.processed}; report: {report}")
 
 # %% ../nbs/13_cli.ipynb #349302c5
-def require(path: Path, what: str, remedy: str) -> None:
+def _require(path: Path, what: str, remedy: str) -> None:
     "Raise a `UserError` naming `what` and the `remedy` when `path` does not exist."
     if not path.exists():
         raise UserError(f"{what} ({path}) not found: {remedy}")
 
-def require_model(path: Path) -> None:
+def _require_model(path: Path) -> None:
     "Raise a `ModelError` saying what to do unless `path` is a `best.pt` this maskdet reads (safely, building nothing)."
     from maskdet.model import load_checkpoint
     load_checkpoint(path)
@@ -121,8 +120,8 @@ def require_model(path: Path) -> None:
 def train_command(args: argparse.Namespace) -> None:
     "Run the train stage."
     paths = setup_runtime()
-    require(paths.processed / "dataset.yaml", "the prepared data set", "run `maskdet prepare` (or `dvc repro prepare`) first.")
-    require(paths.resolve(load_params("inputs", paths)["weights"]), "the starting weights (inputs.weights in params.yaml)",
+    _require(paths.processed / "dataset.yaml", "the prepared data set", "run `maskdet prepare` (or `dvc repro prepare`) first.")
+    _require(paths.resolve(load_params("inputs", paths)["weights"]), "the starting weights (inputs.weights in params.yaml)",
             "point inputs.weights at a YOLOv8 checkpoint: ../shared/weights/yolov8n-face.pt here, ultralytics' yolov8n.pt elsewhere.")
     run_stage("train", paths)
     record = json.loads((paths.models / "train_run.json").read_text())
@@ -131,7 +130,7 @@ def train_command(args: argparse.Namespace) -> None:
 def evaluate_command(args: argparse.Namespace) -> None:
     "Run the evaluate stage."
     paths = setup_runtime()
-    require_model(paths.models / "best.pt")
+    _require_model(paths.models / "best.pt")
     run_stage("evaluate", paths)
     metrics = json.loads((paths.reports / "metrics.json").read_text())
     per_class = ", ".join(f"{c} {m['ap50']:.3f}" for c, m in metrics["per_class"].items())
@@ -140,8 +139,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
 def register_command(args: argparse.Namespace) -> None:
     "Run the register stage."
     paths = setup_runtime()
-    require(paths.reports / "metrics.json", "the test metrics", "run `maskdet evaluate` (or `dvc repro evaluate`) first.")
-    require_model(paths.models / "best.pt")
+    _require(paths.reports / "metrics.json", "the test metrics", "run `maskdet evaluate` (or `dvc repro evaluate`) first.")
+    _require_model(paths.models / "best.pt")
     run_stage("register", paths)
     decision = json.loads((paths.reports / "registry.json").read_text())
     print(f"{decision['model']} version {decision['version']}: {'champion' if decision['promoted'] else 'challenger'} "
@@ -151,13 +150,13 @@ def register_command(args: argparse.Namespace) -> None:
 def export_command(args: argparse.Namespace) -> None:
     "Run the export stage."
     paths = setup_runtime()
-    require_model(paths.models / "best.pt")
+    _require_model(paths.models / "best.pt")
     run_stage("export", paths)
     exported = json.loads((paths.reports / "export.json").read_text())
     print(f"exported ONNX and OpenVINO models to {paths.models}; INT8 {'kept' if exported['int8_kept'] else 'dropped'}; "
           f"served by default: {exported['served']}")
 
-def media_inputs(names: list[str]) -> list[Path]:
+def _media_inputs(names: list[str]) -> list[Path]:
     "Image and video files named, or found in the folders named."
     files = []
     for name in map(Path, names):
@@ -170,7 +169,7 @@ def media_inputs(names: list[str]) -> list[Path]:
     return files
 
 # %% ../nbs/13_cli.ipynb #57b5ff16
-def predict_video(detector, video: Path, conf: float | None, every: int, annotated: Path | None, quiet: bool) -> list[dict]:
+def _predict_video(detector, video: Path, conf: float | None, every: int, annotated: Path | None, quiet: bool) -> list[dict]:
     "Detections in every `every`-th frame of a video, with a progress bar; optionally the annotated video."
     import cv2
     from tqdm import tqdm
@@ -217,7 +216,7 @@ def predict_command(args: argparse.Namespace) -> None:
         detector = Detector(args.model, args.backend)
     except (ValueError, ImportError) as error:
         raise UserError(str(error)) from None
-    files = media_inputs(args.images)
+    files = _media_inputs(args.images)
     target = Path(args.save_annotated) if args.save_annotated else None
     images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]
     results = []
@@ -233,7 +232,7 @@ def predict_command(args: argparse.Namespace) -> None:
             target.mkdir(parents=True, exist_ok=True)
             Image.fromarray(draw(image, detections)).save(target / f"{file.stem}.png")
     for video in (f for f in files if f.suffix.lower() in VIDEO_SUFFIXES):
-        results += predict_video(detector, video, args.conf, args.every, target / f"{video.stem}.mp4" if target else None, args.json)
+        results += _predict_video(detector, video, args.conf, args.every, target / f"{video.stem}.mp4" if target else None, args.json)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -273,7 +272,7 @@ def dashboard_command(args: argparse.Namespace) -> None:
     from maskdet.core import Settings, project_paths
     from maskdet.launch import missing_secrets, serve_dashboards
     folder = project_paths().root / "nbs" / "dashboards"
-    require(folder, "the dashboard notebooks", "run `maskdet dashboard` in a maskdet checkout (set MASKDET_ROOT to it)")
+    _require(folder, "the dashboard notebooks", "run `maskdet dashboard` in a maskdet checkout (set MASKDET_ROOT to it)")
     if importlib.util.find_spec("voila") is None:
         raise UserError("Voila is not installed: pip install -e '.[dashboard]'")
     try:
@@ -303,7 +302,7 @@ def tune_command(args: argparse.Namespace) -> None:
     "Run the classifier's hyperparameter search."
     from maskdet.train import tune_classifier
     paths = setup_runtime()
-    require_model(paths.models / "best.pt")
+    _require_model(paths.models / "best.pt")
     params = load_params(paths=paths)
     if args.trials:
         params["tune"]["trials"] = args.trials
@@ -322,15 +321,15 @@ def crossval_command(args: argparse.Namespace) -> None:
     folds = params["crossval"]["folds"]
     if not isinstance(folds, int) or folds < 2:
         raise UserError(f"crossval.folds is {folds!r}: cross-validation needs a whole number of 2 or more folds.")
-    require(paths.processed / "manifest.csv", "the prepared data set", "run `maskdet prepare` (or `dvc repro prepare`) first.")
-    require_model(paths.models / "best.pt")
+    _require(paths.processed / "manifest.csv", "the prepared data set", "run `maskdet prepare` (or `dvc repro prepare`) first.")
+    _require_model(paths.models / "best.pt")
     print(cross_validate(paths, params, paths.processed, paths.models / "best.pt").to_markdown(floatfmt=".4g"))
 
 # %% ../nbs/13_cli.ipynb #f7249fb3
 def drift_command(args: argparse.Namespace) -> None:
     "Check the current window for data drift against the training data; exit 1 on drift with --fail-on-drift."
     paths = setup_runtime(log_style="json", log_name="drift")
-    require(paths.processed / "manifest.csv", "the prepared data set (the drift reference)",
+    _require(paths.processed / "manifest.csv", "the prepared data set (the drift reference)",
             "run `maskdet prepare` (or `dvc repro prepare`) first.")
     if args.current is None and args.since is None:
         run_stage("drift", paths)
@@ -375,7 +374,7 @@ def log_prune_command(args: argparse.Namespace) -> None:
     print(f"{path}: deleted {deleted} rows older than {days:g} days")
 
 # %% ../nbs/13_cli.ipynb #2a5837bb
-def add_service_commands(commands) -> None:
+def _add_service_commands(commands) -> None:
     "The commands that use a model: predict, serve, dashboard and launch."
     predict = commands.add_parser("predict", help="detect faces and masks in images, folders or videos")
     predict.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|VIDEO", help="image files, folders of images, video files")
@@ -406,7 +405,7 @@ def add_service_commands(commands) -> None:
     launch.set_defaults(func=launch_command)
 
 # %% ../nbs/13_cli.ipynb #7bd2e6e4
-def add_upkeep_commands(commands) -> None:
+def _add_upkeep_commands(commands) -> None:
     "The commands that look after the model and its data: tune, crossval, drift and log prune."
     tune = commands.add_parser("tune", help="random search over the classifier's hyperparameters, one MLflow run per trial")
     tune.add_argument("--trials", type=int, help="number of trials (default: tune.trials in params.yaml)")
@@ -431,7 +430,7 @@ def add_upkeep_commands(commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     "The `maskdet` argument parser with all subcommands."
     parser = argparse.ArgumentParser(prog="maskdet", description="Face-mask detection: pipeline, inference and services.")
-    parser.add_argument("--version", action="version", version=f"maskdet {package_version('maskdet')}")
+    parser.add_argument("--version", action="version", version=f"maskdet {_package_version('maskdet')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("info", help="show the project folder, tracking store, threads and packages").set_defaults(func=info_command)
     commands.add_parser("prepare", help="import, clean and split the data set (pipeline stage)").set_defaults(func=prepare_command)
@@ -439,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("evaluate", help="score the model on the test split (pipeline stage)").set_defaults(func=evaluate_command)
     commands.add_parser("register", help="register the model in MLflow and apply the promotion gate (pipeline stage)").set_defaults(func=register_command)
     commands.add_parser("export", help="export models/best.pt to ONNX, OpenVINO and INT8 (pipeline stage)").set_defaults(func=export_command)
-    add_service_commands(commands)
-    add_upkeep_commands(commands)
+    _add_service_commands(commands)
+    _add_upkeep_commands(commands)
     return parser
 
 # %% ../nbs/13_cli.ipynb #b6769be3

@@ -19,9 +19,8 @@ import yaml
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['PARAMS_FILE', 'CLASSES', 'IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'HUMAN_LOG_FORMAT', 'ULTRALYTICS_INTEGRATIONS_OFF',
-           'log', 'find_project_root', 'ProjectPaths', 'project_paths', 'load_params', 'JsonLineFormatter',
-           'setup_logging', 'cpu_threads', 'mlflow_tracking_uri', 'runtime_environment', 'install_plot_font',
+__all__ = ['PARAMS_FILE', 'CLASSES', 'IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'log', 'find_project_root', 'ProjectPaths',
+           'project_paths', 'load_params', 'setup_logging', 'cpu_threads', 'mlflow_tracking_uri',
            'configure_ultralytics', 'setup_runtime', 'mlflow_experiment', 'Settings', 'ModelError', 'ModelNotFound',
            'is_loopback']
 
@@ -95,7 +94,7 @@ def load_params(section: str | None = None, paths: ProjectPaths | None = None) -
 # %% ../nbs/00_core.ipynb #6571bdec
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
-class JsonLineFormatter(logging.Formatter):
+class _JsonLineFormatter(logging.Formatter):
     "Formats a log record as one JSON object: timestamp, level, logger, message and the extra fields."
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -109,14 +108,14 @@ class JsonLineFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
-HUMAN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_HUMAN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def setup_logging(style: str = "human", name: str = "maskdet", level: str | int = "INFO",
                   log_dir: Path | None = None) -> Path:
     "Send log records to stderr and `log_dir/name.log` (`.jsonl` for `style='json'`); returns the file."
     if style not in ("human", "json"):
         raise ValueError(f"log style must be 'human' or 'json', not {style!r}")
-    formatter = JsonLineFormatter() if style == "json" else logging.Formatter(HUMAN_LOG_FORMAT, "%H:%M:%S")
+    formatter = _JsonLineFormatter() if style == "json" else logging.Formatter(_HUMAN_LOG_FORMAT, "%H:%M:%S")
     log_dir = Path(log_dir or project_paths().logs)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{name}.{'jsonl' if style == 'json' else 'log'}"
@@ -140,7 +139,7 @@ def mlflow_tracking_uri(paths: ProjectPaths | None = None) -> str:
     "The project's default MLflow store: a SQLite database in `mlruns/`."
     return f"sqlite:///{(paths or project_paths()).mlruns / 'mlflow.db'}"
 
-def runtime_environment(paths: ProjectPaths) -> dict[str, str]:
+def _runtime_environment(paths: ProjectPaths) -> dict[str, str]:
     "Environment variables that keep every tool offline, quiet and inside the project folder."
     return {
         "YOLO_CONFIG_DIR": str(paths.cache),
@@ -159,7 +158,7 @@ def runtime_environment(paths: ProjectPaths) -> dict[str, str]:
     }
 
 # %% ../nbs/00_core.ipynb #dc41144c
-def install_plot_font(config_dir: Path) -> Path:
+def _install_plot_font(config_dir: Path) -> Path:
     "Put matplotlib's DejaVu Sans where ultralytics looks for `Arial.ttf`, so it never downloads a font."
     import matplotlib
     font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
@@ -169,7 +168,7 @@ def install_plot_font(config_dir: Path) -> Path:
             shutil.copyfile(font, config_dir / name)
     return config_dir / "Arial.ttf"
 
-ULTRALYTICS_INTEGRATIONS_OFF = ("sync", "hub", "clearml", "comet", "dvc", "neptune", "raytune",
+_ULTRALYTICS_INTEGRATIONS_OFF = ("sync", "hub", "clearml", "comet", "dvc", "neptune", "raytune",
                                 "tensorboard", "wandb", "vscode_msg", "openvino_msg")
 
 def configure_ultralytics(paths: ProjectPaths, threads: int) -> None:
@@ -177,8 +176,8 @@ def configure_ultralytics(paths: ProjectPaths, threads: int) -> None:
     import torch
     import ultralytics.utils
     import ultralytics.utils.torch_utils
-    install_plot_font(paths.cache / "Ultralytics")
-    settings = {key: False for key in ULTRALYTICS_INTEGRATIONS_OFF}
+    _install_plot_font(paths.cache / "Ultralytics")
+    settings = {key: False for key in _ULTRALYTICS_INTEGRATIONS_OFF}
     settings |= {"datasets_dir": str(paths.data), "weights_dir": str(paths.cache / "weights"),
                  "runs_dir": str(paths.runs)}
     if any(ultralytics.utils.SETTINGS.get(k) != v for k, v in settings.items()):
@@ -195,7 +194,7 @@ def setup_runtime(log_style: str = "human", log_name: str = "maskdet", root: Pat
     paths = project_paths(root)
     if "ultralytics" in sys.modules and "YOLO_CONFIG_DIR" not in os.environ:
         log.warning("ultralytics was imported before setup_runtime(): its config folder may lie outside the project")
-    for key, value in runtime_environment(paths).items():
+    for key, value in _runtime_environment(paths).items():
         os.environ.setdefault(key, value)
     paths.cache.mkdir(parents=True, exist_ok=True)
     setup_logging(log_style, log_name, log_dir=paths.logs)

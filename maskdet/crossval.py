@@ -23,11 +23,10 @@ from .train import FaceCrops, train_mask_classifier
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'read_value', 'override_params', 'scene_folds', 'scene_groups', 'held_out_faces', 'fold_scores',
-           'cross_validate']
+__all__ = ['log', 'override_params', 'scene_folds', 'cross_validate']
 
 # %% ../nbs/06a_crossval.ipynb #73fc4e19
-def read_value(text: str):
+def _read_value(text: str):
     "A parameter value written on the command line, read as YAML (`1e-3` too, which YAML 1.1 leaves a string)."
     value = yaml.safe_load(text)
     if isinstance(value, str):
@@ -49,7 +48,7 @@ def override_params(params: dict, assignments: list[str]) -> dict:
         if not equals or not sections or not isinstance(node, dict) or name not in node:
             raise ValueError(f"cannot set {assignment!r}: write section.key=value with a key params.yaml has, "
                              "e.g. model.crop_size=96 or train.classifier.lr=0.001.")
-        node[name] = read_value(value)
+        node[name] = _read_value(value)
     return updated
 
 # %% ../nbs/06a_crossval.ipynb #02dbafc6
@@ -61,13 +60,13 @@ def scene_folds(images: list[LabelledImage], groups, folds: int, seed: int) -> l
     dealer = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     return list(dealer.split(np.zeros((len(images), 1)), has_rare, groups))
 
-def scene_groups(processed: Path, images: list[LabelledImage]) -> np.ndarray:
+def _scene_groups(processed: Path, images: list[LabelledImage]) -> np.ndarray:
     "The prepare stage's scene group of each image."
     manifest = pd.read_csv(processed / "manifest.csv").set_index("image_id")
     return manifest.loc[[image.image_id for image in images], "group"].to_numpy()
 
 # %% ../nbs/06a_crossval.ipynb #95dcc11a
-def held_out_faces(detector: MaskDetector, images: list[LabelledImage], found: list[tuple], folds: list[tuple],
+def _held_out_faces(detector: MaskDetector, images: list[LabelledImage], found: list[tuple], folds: list[tuple],
                    backbone: Path, settings: dict) -> list[tuple]:
     "Each image's `found` faces (boxes, face confidences) with class probabilities from a classifier trained without its fold."
     crop_size, margin = detector.config["crop_size"], detector.config["margin"]
@@ -82,7 +81,7 @@ def held_out_faces(detector: MaskDetector, images: list[LabelledImage], found: l
             classified[i] = detector.classify_faces(images[i].rgb(), boxes, face_conf)
     return classified
 
-def fold_scores(classified: list[Detections], images: list[LabelledImage], floor: float) -> dict:
+def _fold_scores(classified: list[Detections], images: list[LabelledImage], floor: float) -> dict:
     "Photos, faces, mAP50, mAP50 top-1 and per-class AP50 of `classified` faces against `images`' annotations."
     metrics = summary_metrics(class_metrics(score_faces(classified, images, floor)))
     return {"photos": len(images), "faces": sum(len(image.labels) for image in images),
@@ -97,17 +96,17 @@ def cross_validate(paths: ProjectPaths, params: dict, processed: Path, checkpoin
     detector = MaskDetector(checkpoint)
     detector.config = detector.config | {k: v for k, v in default_config(params["model"]).items() if k not in ("thresholds", "box_calibration")}
     images = load_split(processed, "train") + load_split(processed, "val")
-    folds = scene_folds(images, scene_groups(processed, images), params["crossval"]["folds"], params["crossval"]["seed"])
+    folds = scene_folds(images, _scene_groups(processed, images), params["crossval"]["folds"], params["crossval"]["seed"])
     log.info("finding the faces in %d photos", len(images))
     found = [detector.faces(image.rgb()) for image in images]
     mlflow_experiment(f"{params['tracking']['experiment']}-crossval", paths)
     with mlflow.start_run(run_name=f"crossval-{len(folds)}"):
         mlflow.log_params({f"model.{k}": v for k, v in params["model"].items()} | {f"classifier.{k}": v for k, v in settings.items()}
                           | {f"crossval.{k}": v for k, v in params["crossval"].items()})
-        classified = held_out_faces(detector, images, found, folds, paths.resolve(params["train"]["backbone"]), settings)
-        rows = {f"fold {k}": fold_scores([classified[i] for i in held_out], [images[i] for i in held_out], floor)
+        classified = _held_out_faces(detector, images, found, folds, paths.resolve(params["train"]["backbone"]), settings)
+        rows = {f"fold {k}": _fold_scores([classified[i] for i in held_out], [images[i] for i in held_out], floor)
                 for k, (_, held_out) in enumerate(folds)}
-        rows["all"] = fold_scores(classified, images, floor)
+        rows["all"] = _fold_scores(classified, images, floor)
         table = pd.DataFrame.from_dict(rows, orient="index").astype({"photos": int, "faces": int})
         for step, (_, row) in enumerate(table.iloc[:-1].iterrows()):
             mlflow.log_metrics({f"fold/{k}": float(v) for k, v in row.items()}, step=step)

@@ -32,28 +32,27 @@ from .readers import load_rgb
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SHARE_COLUMNS', 'PREDICTION_COLUMNS', 'FEATURE_COLUMNS', 'NON_COMPLIANT', 'MIN_VALUES', 'DURATION',
-           'DURATION_UNITS', 'LOG_SCALE', 'prediction_features', 'image_features', 'folder_features', 'log_features',
-           'manifest_images', 'source_code', 'features_key', 'save_features', 'load_features', 'cached_features',
-           'reference_features', 'tested_columns', 'drift_report', 'column_drift', 'compliance', 'DriftResult',
-           'compliance_text', 'drift_decision', 'parse_since', 'log_window', 'plot_distributions', 'plot_scores']
+__all__ = ['log', 'FEATURE_COLUMNS', 'prediction_features', 'image_features', 'folder_features', 'log_features',
+           'manifest_images', 'features_key', 'save_features', 'load_features', 'cached_features', 'reference_features',
+           'drift_report', 'compliance', 'DriftResult', 'compliance_text', 'drift_decision', 'parse_since',
+           'log_window', 'plot_distributions', 'plot_scores']
 
 # %% ../nbs/09a_drift.ipynb #065dee5c
-SHARE_COLUMNS = tuple(f"share_{c}" for c in CLASSES)
-PREDICTION_COLUMNS = ("faces", "face_size", "confidence", *SHARE_COLUMNS)
-FEATURE_COLUMNS = (*STATISTIC_COLUMNS, *PREDICTION_COLUMNS)
-NON_COMPLIANT = ("without_mask", "mask_weared_incorrect")
+_SHARE_COLUMNS = tuple(f"share_{c}" for c in CLASSES)
+_PREDICTION_COLUMNS = ("faces", "face_size", "confidence", *_SHARE_COLUMNS)
+FEATURE_COLUMNS = (*STATISTIC_COLUMNS, *_PREDICTION_COLUMNS)
+_NON_COMPLIANT = ("without_mask", "mask_weared_incorrect")
 
 def prediction_features(detections: Detections, width: float, height: float) -> dict:
     "Face count, median face size (share of the shorter side), mean confidence, class shares and counts of one image's detections."
     counts = detections.counts()
     if not len(detections):
-        return {"faces": 0, "face_size": np.nan, "confidence": np.nan, **{s: np.nan for s in SHARE_COLUMNS}, **counts}
+        return {"faces": 0, "face_size": np.nan, "confidence": np.nan, **{s: np.nan for s in _SHARE_COLUMNS}, **counts}
     boxes = detections.boxes
     sides = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
     return {"faces": len(detections), "face_size": float(np.median(sides) / min(width, height)),
             "confidence": float(np.mean(detections.scores)),
-            **{s: counts[c] / len(detections) for s, c in zip(SHARE_COLUMNS, CLASSES)}, **counts}
+            **{s: counts[c] / len(detections) for s, c in zip(_SHARE_COLUMNS, CLASSES)}, **counts}
 
 def image_features(rgb: np.ndarray, detections: Detections | None = None) -> dict:
     "The features of one RGB image: its statistics and, when `detections` are given, those of the predictions."
@@ -72,7 +71,7 @@ def folder_features(files: list[Path | str], detector=None) -> pd.DataFrame:
             skipped += 1
             continue
         rows.append({"image": file.name, **image_features(rgb, None if detector is None else detector.predict(rgb))})
-    frame = pd.DataFrame(rows, columns=["image", *STATISTIC_COLUMNS, *(() if detector is None else (*PREDICTION_COLUMNS, *CLASSES))])
+    frame = pd.DataFrame(rows, columns=["image", *STATISTIC_COLUMNS, *(() if detector is None else (*_PREDICTION_COLUMNS, *CLASSES))])
     frame.attrs["skipped"] = skipped
     return frame
 
@@ -80,7 +79,7 @@ def log_features(rows: pd.DataFrame) -> pd.DataFrame:
     "Features of prediction log rows (from `PredictionLog.read`): their statistics and their detections' features."
     predictions = [prediction_features(Detections.from_dicts(d), w, h) for d, w, h in zip(rows.detections, rows.width, rows.height)]
     frame = pd.concat([rows[["time", "model_version", *STATISTIC_COLUMNS]].reset_index(drop=True),
-                       pd.DataFrame(predictions, columns=[*PREDICTION_COLUMNS, *CLASSES])], axis=1)
+                       pd.DataFrame(predictions, columns=[*_PREDICTION_COLUMNS, *CLASSES])], axis=1)
     frame.attrs["skipped"] = rows.attrs.get("skipped", 0)
     return frame
 
@@ -94,7 +93,7 @@ def manifest_images(processed: Path, splits: list[str]) -> list[Path]:
     manifest = pd.read_csv(manifest_file)
     return [Path(processed) / f for f in manifest.loc[manifest.split.isin(splits), "file"]]
 
-def source_code(function) -> str:
+def _source_code(function) -> str:
     "The source code of `function` (its name when the source cannot be found)."
     try:
         return inspect.getsource(function)
@@ -103,7 +102,7 @@ def source_code(function) -> str:
 
 def features_key(files: list[Path], detector=None) -> str:
     "A key naming the features of `files` (by content) as the feature code (by source) and `detector` (by version) compute them."
-    code = "".join(source_code(f) for f in (image_statistics, colourfulness, noise_level, prediction_features, image_features))
+    code = "".join(_source_code(f) for f in (image_statistics, colourfulness, noise_level, prediction_features, image_features))
     key = hashlib.sha256(f"{STATISTICS_SIDE}|{code}|{detector.version if detector is not None else 'no model'}".encode())
     for file in sorted(map(Path, files)):
         key.update(file.name.encode() + hashlib.sha256(file.read_bytes()).digest())
@@ -135,12 +134,12 @@ def reference_features(paths: ProjectPaths, params: dict, detector=None) -> pd.D
     return cached_features(manifest_images(paths.processed, params["reference_splits"]), detector, paths.cache / "drift")
 
 # %% ../nbs/09a_drift.ipynb #6e300940
-MIN_VALUES = 5  # a column is tested only when both sides hold at least this many values
+_MIN_VALUES = 5  # a column is tested only when both sides hold at least this many values
 
-def tested_columns(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> list[str]:
-    "The `columns` that both frames hold at least `MIN_VALUES` values of."
+def _tested_columns(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> list[str]:
+    "The `columns` that both frames hold at least `_MIN_VALUES` values of."
     return [c for c in columns if c in reference and c in current
-            and reference[c].notna().sum() >= MIN_VALUES and current[c].notna().sum() >= MIN_VALUES]
+            and reference[c].notna().sum() >= _MIN_VALUES and current[c].notna().sum() >= _MIN_VALUES]
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], params: dict):
     "evidently's data drift report (a `Snapshot`) of `columns`, with its per-column tests."
@@ -154,7 +153,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, columns: list[s
                              drift_share=params["drift_share"])
     return Report([preset], include_tests=True).run(dataset(current), dataset(reference))
 
-def column_drift(snapshot, reference: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+def _column_drift(snapshot, reference: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
     "Per column of an evidently drift report: the test, its threshold, its score, whether it drifted, and both medians."
     found = snapshot.dict()
     scores = {m["config"]["column"]: m for m in found["metrics"] if m["config"].get("type", "").endswith(":ValueDrift")}
@@ -172,7 +171,7 @@ def compliance(reference: pd.DataFrame, current: pd.DataFrame, params: dict) -> 
         return {"status": "no predictions (no model)", "alert": False}
     def share(frame):
         faces = int(frame.faces.sum())
-        return faces, (float(frame[list(NON_COMPLIANT)].to_numpy().sum() / faces) if faces else None)
+        return faces, (float(frame[list(_NON_COMPLIANT)].to_numpy().sum() / faces) if faces else None)
     (_, reference_share), (faces, current_share) = share(reference), share(current)
     found = {"faces": faces, "share": current_share, "reference_share": reference_share, "margin": params["compliance_margin"]}
     if faces < params["min_faces"] or reference_share is None:
@@ -225,13 +224,13 @@ def drift_decision(reference: pd.DataFrame, current: pd.DataFrame, params: dict)
     n, minimum = len(current), params["min_window"]
     window = {"images": n, "skipped": int(current.attrs.get("skipped", 0))}
     found = compliance(reference, current, params) if n else {"status": "no data", "alert": False}
-    columns = tested_columns(reference, current, params["columns"]) if n >= minimum else []
+    columns = _tested_columns(reference, current, params["columns"]) if n >= minimum else []
     if n < minimum or not columns:
         why = f"{n} < {minimum} images" if n < minimum else "no column has enough values"
         return DriftResult("not enough data", f"not enough data ({why}): no drift decision", window, pd.DataFrame(),
                            None, found, params, reference, current)
     snapshot = drift_report(reference, current, columns, params)
-    table = column_drift(snapshot, reference, current)
+    table = _column_drift(snapshot, reference, current)
     share = float(table.drifted.mean())
     drift = share >= params["drift_share"]
     drifted = ", ".join(table.index[table.drifted])
@@ -241,14 +240,14 @@ def drift_decision(reference: pd.DataFrame, current: pd.DataFrame, params: dict)
     return DriftResult("drift" if drift else "no drift", message, window, table, share, found, params, reference, current, snapshot)
 
 # %% ../nbs/09a_drift.ipynb #5d712803
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 def parse_since(text: str, now: datetime | None = None) -> pd.Timestamp:
     "A UTC start time from an ISO time ('2026-05-01T08:00', naive = UTC) or a duration back from `now` ('90m', '6h', '7d')."
     now = pd.Timestamp(now or datetime.now(UTC))
-    if match := DURATION.match(str(text)):
-        return now - pd.Timedelta(**{DURATION_UNITS[match[2]]: float(match[1])})
+    if match := _DURATION.match(str(text)):
+        return now - pd.Timedelta(**{_DURATION_UNITS[match[2]]: float(match[1])})
     try:
         stamp = pd.Timestamp(text)
     except ValueError:
@@ -261,13 +260,13 @@ def parse_since(text: str, now: datetime | None = None) -> pd.Timestamp:
 def log_window(path: Path, since=None, until=None) -> pd.DataFrame:
     "Features of the prediction log's readable rows between `since` and `until`; a missing log is an empty window."
     if not Path(path).is_file():
-        frame = pd.DataFrame(columns=["time", "model_version", *STATISTIC_COLUMNS, *PREDICTION_COLUMNS, *CLASSES])
+        frame = pd.DataFrame(columns=["time", "model_version", *STATISTIC_COLUMNS, *_PREDICTION_COLUMNS, *CLASSES])
         frame.attrs["skipped"] = 0
         return frame
     return log_features(PredictionLog(path).read(since=since, until=until))
 
 # %% ../nbs/09a_drift.ipynb #51e89fba
-LOG_SCALE = ("width", "height", "sharpness", "noise")
+_LOG_SCALE = ("width", "height", "sharpness", "noise")
 
 def plot_distributions(result: DriftResult, columns: int = 4):
     "The reference's and the window's cumulative distributions of each tested column, drifted ones in red."
@@ -281,7 +280,7 @@ def plot_distributions(result: DriftResult, columns: int = 4):
         for frame, label, colour in ((result.reference, "reference", "grey"), (result.current, "current", "red" if drifted else "tab:blue")):
             values = np.sort(frame[column].dropna().to_numpy(dtype=float))
             ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=f"{label} ({len(values)})", color=colour)
-        if column in LOG_SCALE and (result.reference[column] > 0).all():
+        if column in _LOG_SCALE and (result.reference[column] > 0).all():
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{column}: p={result.columns.loc[column, 'score']:.1e}{' DRIFT' if drifted else ''}",

@@ -16,11 +16,10 @@ from .core import CLASSES
 from .detections import Detections
 
 # %% auto #0
-__all__ = ['IOU_THRESHOLDS', 'WEBCAM_FRAMES', 'DEGRADATIONS', 'SIZE_BINS', 'box_iou', 'match_detections', 'precision_recall',
-           'average_precision', 'Evaluation', 'best_threshold', 'at_threshold', 'class_metrics', 'summary_metrics',
-           'score_faces', 'evaluate_model', 'pair_faces', 'confusion_matrix', 'image_errors', 'label_disagreements',
-           'curve_tables', 'webcam_region', 'degrade', 'webcam_view', 'webcam_views', 'faces_found', 'face_size',
-           'size_bin', 'present_map50', 'size_bin_metrics', 'ranked_ap50', 'bootstrap_intervals', 'median_latency']
+__all__ = ['IOU_THRESHOLDS', 'WEBCAM_FRAMES', 'DEGRADATIONS', 'SIZE_BINS', 'box_iou', 'precision_recall', 'average_precision',
+           'Evaluation', 'best_threshold', 'class_metrics', 'summary_metrics', 'score_faces', 'evaluate_model',
+           'confusion_matrix', 'image_errors', 'label_disagreements', 'curve_tables', 'webcam_view', 'webcam_views',
+           'faces_found', 'face_size', 'present_map50', 'size_bin_metrics', 'bootstrap_intervals', 'median_latency']
 
 # %% ../nbs/05_evaluate.ipynb #c8a881e7
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -33,7 +32,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a, area_b = (a[:, 2:] - a[:, :2]).prod(axis=1), (b[:, 2:] - b[:, :2]).prod(axis=1)
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
-def match_detections(boxes, labels, scores, true_boxes, true_labels, iou_thresholds=IOU_THRESHOLDS) -> np.ndarray:
+def _match_detections(boxes, labels, scores, true_boxes, true_labels, iou_thresholds=IOU_THRESHOLDS) -> np.ndarray:
     "True-positive flags (N, T): each detection, in order of confidence, takes the best free face of its class."
     boxes, labels, scores = np.asarray(boxes, float).reshape(-1, 4), np.asarray(labels, int), np.asarray(scores, float)
     true_boxes, true_labels = np.asarray(true_boxes, float).reshape(-1, 4), np.asarray(true_labels, int)
@@ -80,12 +79,12 @@ class Evaluation:
         "Record one image's detections and its annotated faces; AP ranks `ranked` detections instead, if given."
         true_boxes, true_labels = np.asarray(true_boxes, float).reshape(-1, 4), np.asarray(true_labels, int)
         def matched(d: Detections):
-            return match_detections(d.boxes, d.labels, d.scores, true_boxes, true_labels), d.labels, d.scores
+            return _match_detections(d.boxes, d.labels, d.scores, true_boxes, true_labels), d.labels, d.scores
         face_conf = found.scores if found.face_conf is None else found.face_conf
         self.image_ids.append(image_id)
         self.served.append(matched(found))
         self.ranked.append(matched(ranked) if ranked is not None else self.served[-1])
-        self.faces.append((match_detections(found.boxes, np.zeros(len(found), int), face_conf, true_boxes, np.zeros(len(true_labels), int),
+        self.faces.append((_match_detections(found.boxes, np.zeros(len(found), int), face_conf, true_boxes, np.zeros(len(true_labels), int),
                                             IOU_THRESHOLDS[:1])[:, 0], face_conf))
         self.true_labels.append(true_labels)
         self.confusion_pairs.append((found.boxes, found.labels, found.scores, true_boxes, true_labels))
@@ -120,7 +119,7 @@ def best_threshold(precision: np.ndarray, recall: np.ndarray, confidence: np.nda
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
     return float(confidence[int(np.argmax(f1))])
 
-def at_threshold(precision: np.ndarray, recall: np.ndarray, confidence: np.ndarray, threshold: float) -> tuple[float, float]:
+def _at_threshold(precision: np.ndarray, recall: np.ndarray, confidence: np.ndarray, threshold: float) -> tuple[float, float]:
     "Precision and recall when detections below `threshold` are dropped."
     kept = np.flatnonzero(confidence >= threshold)
     return (float(precision[kept[-1]]), float(recall[kept[-1]])) if len(kept) else (0.0, 0.0)
@@ -133,7 +132,7 @@ def class_metrics(evaluation: Evaluation, thresholds: dict[str, float] | None = 
         aps = [average_precision(p[:, t], r[:, t]) for t in range(len(IOU_THRESHOLDS))] if len(c) else [0.0] * len(IOU_THRESHOLDS)
         p, r, c, _ = evaluation.class_curves(k, served=True)
         threshold = thresholds[name] if thresholds else best_threshold(p[:, 0], r[:, 0], c)
-        precision, recall = at_threshold(p[:, 0], r[:, 0], c, threshold)
+        precision, recall = _at_threshold(p[:, 0], r[:, 0], c, threshold)
         result[name] = {"ap50": aps[0], "ap50_95": float(np.mean(aps)), "ap50_top1": average_precision(p[:, 0], r[:, 0]) if len(c) else 0.0,
                         "precision": precision, "recall": recall, "threshold": threshold, "faces": n_true}
     return result
@@ -159,7 +158,7 @@ def evaluate_model(model, images: list) -> Evaluation:
 
 
 # %% ../nbs/05_evaluate.ipynb #c99c3d30
-def pair_faces(boxes, labels, scores, true_boxes, true_labels, thresholds: dict[str, float], iou: float = 0.5):
+def _pair_faces(boxes, labels, scores, true_boxes, true_labels, thresholds: dict[str, float], iou: float = 0.5):
     "Detections kept by `thresholds`, and the pairs (detection, face) that overlap by `iou`, best overlap first."
     limits = np.array([thresholds[c] for c in CLASSES])
     keep = scores >= limits[labels] if len(labels) else np.zeros(0, bool)
@@ -176,7 +175,7 @@ def confusion_matrix(evaluation: Evaluation, thresholds: dict[str, float], iou: 
     n = len(CLASSES)
     matrix = np.zeros((n + 1, n + 1), int)
     for record in evaluation.confusion_pairs:
-        boxes, labels, pairs = pair_faces(*record, thresholds, iou)
+        boxes, labels, pairs = _pair_faces(*record, thresholds, iou)
         true_labels = record[4]
         for i, j in pairs:
             matrix[labels[i], true_labels[j]] += 1
@@ -191,7 +190,7 @@ def image_errors(evaluation: Evaluation, thresholds: dict[str, float], iou: floa
     "Per image: faces missed or mislabelled (false negatives) and detections on nothing or mislabelled (false positives)."
     rows = []
     for image_id, record in zip(evaluation.image_ids, evaluation.confusion_pairs):
-        boxes, labels, pairs = pair_faces(*record, thresholds, iou)
+        boxes, labels, pairs = _pair_faces(*record, thresholds, iou)
         right = sum(labels[i] == record[4][j] for i, j in pairs)
         rows.append({"image_id": image_id, "false_negatives": len(record[4]) - right, "false_positives": len(boxes) - right})
     return pd.DataFrame(rows)
@@ -234,7 +233,7 @@ WEBCAM_FRAMES = ((240, 240), (640, 480))
 
 DEGRADATIONS = ("clean", "noise", "blur", "dim", "backlit")
 
-def webcam_region(box: np.ndarray, share: float, frame: tuple[int, int], shape: tuple, rng: np.random.Generator) -> np.ndarray:
+def _webcam_region(box: np.ndarray, share: float, frame: tuple[int, int], shape: tuple, rng: np.random.Generator) -> np.ndarray:
     "The region (x1, y1, x2, y2) of a photo of `shape` that a `frame` (w, h) shows when the face `box` fills `share` of its height."
     size = np.array([frame[0] / frame[1], 1.0]) * (box[2:] - box[:2]).max() / share
     centre = (box[:2] + box[2:]) / 2 + rng.uniform(-0.25, 0.25, 2) * (size - (box[2:] - box[:2]))
@@ -244,7 +243,7 @@ def webcam_region(box: np.ndarray, share: float, frame: tuple[int, int], shape: 
     corner = np.clip(centre - size / 2, low, high)
     return np.r_[corner, corner + size]
 
-def degrade(view: np.ndarray, kind: str, face: np.ndarray, rng: np.random.Generator, quality: int = 75) -> np.ndarray:
+def _degrade(view: np.ndarray, kind: str, face: np.ndarray, rng: np.random.Generator, quality: int = 75) -> np.ndarray:
     "A webcam frame with a degradation of `kind` (see `DEGRADATIONS`) around the face at `face`, then JPEG-compressed."
     image = view.astype(np.float32)
     if kind == "noise":
@@ -265,14 +264,14 @@ def degrade(view: np.ndarray, kind: str, face: np.ndarray, rng: np.random.Genera
 def webcam_view(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, face: int, share: float, frame: tuple[int, int],
                 kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "A webcam frame (image, boxes, labels) of face number `face`, filling `share` of the frame's height, degraded by `kind`."
-    region = webcam_region(boxes[face], share, frame, image.shape, rng)
+    region = _webcam_region(boxes[face], share, frame, image.shape, rng)
     scale = frame[1] / (region[3] - region[1])
     warp = np.array([[scale, 0, -region[0] * scale], [0, scale, -region[1] * scale]])
     view = cv2.warpAffine(image, warp, frame, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     moved = (boxes - region[[0, 1, 0, 1]]) * scale
     clipped = np.clip(moved, 0, [*frame, *frame])
     inside = (clipped[:, 2:] - clipped[:, :2]).prod(axis=1) >= 0.5 * (moved[:, 2:] - moved[:, :2]).prod(axis=1)
-    return degrade(view, kind, clipped[face], rng), clipped[inside], labels[inside]
+    return _degrade(view, kind, clipped[face], rng), clipped[inside], labels[inside]
 
 def webcam_views(images: list, min_face: int = 48, frames=WEBCAM_FRAMES, shares=(0.5, 0.9), seed: int = 0) -> list[dict]:
     "The close-up benchmark: a frame of each size in `frames` for every face of `images` at least `min_face` px tall."
@@ -291,7 +290,7 @@ def webcam_views(images: list, min_face: int = 48, frames=WEBCAM_FRAMES, shares=
 # %% ../nbs/05_evaluate.ipynb #9b73d088
 def faces_found(evaluation: Evaluation, thresholds: dict[str, float], iou: float = 0.5) -> float:
     "Share of the annotated faces overlapped by a reported detection above the thresholds, whatever its label."
-    found = sum(len(pair_faces(*record, thresholds, iou)[2]) for record in evaluation.confusion_pairs)
+    found = sum(len(_pair_faces(*record, thresholds, iou)[2]) for record in evaluation.confusion_pairs)
     return found / max(sum(len(t) for t in evaluation.true_labels), 1)
 
 # %% ../nbs/05_evaluate.ipynb #4580d10c
@@ -302,7 +301,7 @@ def face_size(boxes: np.ndarray, shape: tuple, side: int = 640) -> np.ndarray:
     boxes = np.asarray(boxes, float).reshape(-1, 4)
     return (boxes[:, 2:] - boxes[:, :2]).max(axis=1) * side / max(shape[:2])
 
-def size_bin(found: Detections, true_boxes, true_labels, shape: tuple, low: float, high: float) -> tuple:
+def _size_bin(found: Detections, true_boxes, true_labels, shape: tuple, low: float, high: float) -> tuple:
     "One image's faces found and annotated faces, restricted to sizes in [low, high)."
     boxes = found.boxes
     true_boxes, true_labels = np.asarray(true_boxes, float).reshape(-1, 4), np.asarray(true_labels, int)
@@ -326,7 +325,7 @@ def size_bin_metrics(found: list[Detections], images: list, shapes: list[tuple],
     for name, (low, high) in SIZE_BINS.items():
         evaluation = Evaluation()
         for faces, image, shape in zip(found, images, shapes, strict=True):
-            kept, boxes, labels = size_bin(faces, image.boxes, image.labels, shape, low, high)
+            kept, boxes, labels = _size_bin(faces, image.boxes, image.labels, shape, low, high)
             evaluation.add_faces(kept, boxes, labels, image.image_id, floor)
         per_class = class_metrics(evaluation, thresholds)
         rows[name] = {"faces": sum(m["faces"] for m in per_class.values()), "mAP50": present_map50(per_class),
@@ -335,7 +334,7 @@ def size_bin_metrics(found: list[Detections], images: list, shapes: list[tuple],
     return pd.DataFrame(rows).T.rename_axis("face size (px at 640)")
 
 # %% ../nbs/05_evaluate.ipynb #003bd00b
-def ranked_ap50(evaluation: Evaluation, images: np.ndarray) -> np.ndarray:
+def _ranked_ap50(evaluation: Evaluation, images: np.ndarray) -> np.ndarray:
     "AP50 of each class over the images at indices `images` (repeats allowed), from the ranked detections."
     records = [evaluation.ranked[i] for i in images]
     tp = np.concatenate([r[0][:, 0] for r in records]) if records else np.zeros(0, bool)
@@ -347,7 +346,7 @@ def ranked_ap50(evaluation: Evaluation, images: np.ndarray) -> np.ndarray:
 def bootstrap_intervals(evaluation: Evaluation, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
     "Percentile intervals of mAP50 and each class's AP50 when the images are resampled with replacement."
     rng, n = np.random.default_rng(seed), len(evaluation.ranked)
-    draws = np.array([ranked_ap50(evaluation, rng.integers(0, n, n)) for _ in range(resamples)])
+    draws = np.array([_ranked_ap50(evaluation, rng.integers(0, n, n)) for _ in range(resamples)])
     tails = [50 * (1 - level), 100 - 50 * (1 - level)]
     intervals = {"mAP50": np.percentile(draws.mean(axis=1), tails)}
     intervals |= {c: np.percentile(draws[:, k], tails) for k, c in enumerate(CLASSES)}

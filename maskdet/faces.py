@@ -15,9 +15,8 @@ from PIL import Image
 from .detections import Detections, lowest_threshold
 
 # %% auto #0
-__all__ = ['STRIDE', 'DETECTOR_BATCH', 'square_regions', 'crop_faces', 'apply_box_calibration', 'fit_box_calibration',
-           'letterbox', 'as_tensor', 'nms', 'decode_faces', 'share_inside', 'detector_sizes', 'merge_passes',
-           'detect_faces', 'Backend']
+__all__ = ['STRIDE', 'DETECTOR_BATCH', 'square_regions', 'crop_faces', 'fit_box_calibration', 'letterbox', 'as_tensor', 'nms',
+           'decode_faces', 'detector_sizes', 'merge_passes', 'detect_faces', 'Backend']
 
 # %% ../nbs/02_faces.ipynb #be8df265
 def square_regions(boxes: np.ndarray, margin: float) -> np.ndarray:
@@ -35,7 +34,7 @@ def crop_faces(image: np.ndarray, boxes: np.ndarray, size: int, margin: float) -
     return (np.stack(crops).astype(np.float32) / 255).transpose(0, 3, 1, 2) if crops else np.zeros((0, 3, size, size), np.float32)
 
 # %% ../nbs/02_faces.ipynb #c84069bd
-def apply_box_calibration(boxes: np.ndarray, calibration: dict | None) -> np.ndarray:
+def _apply_box_calibration(boxes: np.ndarray, calibration: dict | None) -> np.ndarray:
     "Detector boxes moved and scaled by `calibration` (dx, dy, sw, sh)."
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if not calibration:
@@ -96,7 +95,7 @@ def decode_faces(output: np.ndarray, config: dict, scale: float, pad: tuple[floa
     return np.clip((boxes[kept] - [*pad, *pad]) / scale, 0, [w, h, w, h]), found[kept, 4]
 
 # %% ../nbs/02_faces.ipynb #e54ea3f6
-def share_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _share_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     "The share of each box in `a` (N, 4) that lies inside each box in `b` (M, 4), as (N, M)."
     top_left, bottom_right = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
@@ -115,11 +114,11 @@ def merge_passes(passes: list[tuple[np.ndarray, np.ndarray]], config: dict, shap
     candidates = np.flatnonzero(finest | large)
     kept = candidates[nms(boxes[candidates], conf[candidates], config["detector_iou"])]
     if len(passes) > 1 and config.get("face_part"):
-        inside_surer = np.tril(share_inside(boxes[kept], boxes[kept]), k=-1) >= config["face_part"]
+        inside_surer = np.tril(_share_inside(boxes[kept], boxes[kept]), k=-1) >= config["face_part"]
         kept = kept[~inside_surer.any(axis=1)]
     kept = kept[: config["max_faces"]]
     h, w = shape[:2]
-    return np.clip(apply_box_calibration(boxes[kept], config.get("box_calibration")), 0, [w, h, w, h]), conf[kept]
+    return np.clip(_apply_box_calibration(boxes[kept], config.get("box_calibration")), 0, [w, h, w, h]), conf[kept]
 
 # %% ../nbs/02_faces.ipynb #267c64a0
 DETECTOR_BATCH = 8  # same-shaped detector inputs run together, at most this many

@@ -23,9 +23,8 @@ from .detections import Detections, draw
 from .faces import Backend, as_tensor, detector_sizes, letterbox
 
 # %% auto #0
-__all__ = ['EXPORT_AGAIN', 'SIGNATURES', 'COMPILED_SHAPES', 'COMPILE_AFTER', 'RUNNERS', 'MODEL_FILES', 'BACKENDS', 'export_onnx',
-           'export_openvino', 'head_scope', 'quantize_openvino', 'check_model_file', 'last_line', 'reading_model',
-           'exported_config', 'onnxruntime_runner', 'image_input', 'openvino_runner', 'classifier_runner',
+__all__ = ['SIGNATURES', 'COMPILED_SHAPES', 'COMPILE_AFTER', 'MODEL_FILES', 'BACKENDS', 'export_onnx', 'export_openvino',
+           'quantize_openvino', 'exported_config', 'onnxruntime_runner', 'openvino_runner', 'classifier_runner',
            'ExportedModel', 'find_model', 'installed', 'pick_backend', 'file_version', 'as_rgb', 'Detector']
 
 # %% ../nbs/08_inference.ipynb #eb5ae657
@@ -63,7 +62,7 @@ def export_openvino(onnx_model: Path | str, folder: Path | str) -> Path:
         shutil.copy(onnx_model.parent / name, folder / name)
     return folder / "model.xml"
 
-def head_scope(model):
+def _head_scope(model):
     "The nodes of a YOLOv8 detector's box decoding (DFL and the arithmetic after it) and its sigmoid, kept in fp32."
     import nncf
     head = next(op.get_friendly_name().split("/dfl")[0] for op in model.get_ops() if "/dfl" in op.get_friendly_name())
@@ -83,43 +82,43 @@ def quantize_openvino(model_xml: Path | str, images: list[np.ndarray], folder: P
     detector = ov.Core().read_model(model_xml)
     calibration = nncf.Dataset([(image, sizes[i % len(sizes)]) for i, image in enumerate(images)],
                                lambda item: as_tensor(letterbox(*item)[0]))
-    quantized = nncf.quantize(detector, calibration, subset_size=len(images), ignored_scope=head_scope(detector))
+    quantized = nncf.quantize(detector, calibration, subset_size=len(images), ignored_scope=_head_scope(detector))
     ov.save_model(quantized, folder / "model.xml", compress_to_fp16=False)
     for name in ("classifier.xml", "classifier.bin", "classifier.onnx", "model.json"):
         shutil.copy(model_xml.parent / name, folder / name)
     return folder / "model.xml"
 
 # %% ../nbs/08_inference.ipynb #2a68eb5c
-EXPORT_AGAIN = "export it again with `maskdet export` (or `dvc repro export`)"
+_EXPORT_AGAIN = "export it again with `maskdet export` (or `dvc repro export`)"
 
 SIGNATURES = {".onnx": ("ONNX model", (b"\x08",)), ".xml": ("OpenVINO IR", (b"<?xml", b"<net"))}
 
-def check_model_file(path: Path) -> Path:
+def _check_model_file(path: Path) -> Path:
     "`path` if it is there and starts as an ONNX model or OpenVINO IR (with its .bin) does; else a `ModelError`."
     if not path.is_file():
-        raise ModelError(f"{path} not found: {EXPORT_AGAIN}")
+        raise ModelError(f"{path} not found: {_EXPORT_AGAIN}")
     kind, starts = SIGNATURES[path.suffix]
     with path.open("rb") as file:
         head = file.read(64)
     if not (head if path.suffix == ".onnx" else head.removeprefix(b"\xef\xbb\xbf").lstrip()).startswith(starts):
-        raise ModelError(f"{path} is not an {kind} (empty, or another kind of file): {EXPORT_AGAIN}")
+        raise ModelError(f"{path} is not an {kind} (empty, or another kind of file): {_EXPORT_AGAIN}")
     weights = path.with_suffix(".bin")
     if path.suffix == ".xml" and not (weights.is_file() and weights.stat().st_size):
-        raise ModelError(f"{weights}, the weights of {path.name}, is missing or empty: {EXPORT_AGAIN}")
+        raise ModelError(f"{weights}, the weights of {path.name}, is missing or empty: {_EXPORT_AGAIN}")
     return path
 
-def last_line(error: Exception) -> str:
+def _last_line(error: Exception) -> str:
     "The last non-empty line of an exception's message (the runtimes put the reason last), or its type."
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 
 @contextmanager
-def reading_model(path: Path, runtime: str):
+def _reading_model(path: Path, runtime: str):
     "Turn `runtime`'s failure to read the model file `path` into a `ModelError` naming it."
     try:
         yield
     except Exception as error:  # ONNX Runtime's and OpenVINO's errors share no base class but Exception
-        raise ModelError(f"{path}: {runtime} cannot read it ({last_line(error)}): {EXPORT_AGAIN}") from None
+        raise ModelError(f"{path}: {runtime} cannot read it ({_last_line(error)}): {_EXPORT_AGAIN}") from None
 
 # %% ../nbs/08_inference.ipynb #73851ddf
 def exported_config(folder: Path) -> dict:
@@ -128,9 +127,9 @@ def exported_config(folder: Path) -> dict:
     try:
         config = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ModelError(f"{file} cannot be read ({type(error).__name__}): {EXPORT_AGAIN}") from None
+        raise ModelError(f"{file} cannot be read ({type(error).__name__}): {_EXPORT_AGAIN}") from None
     if not isinstance(config, dict) or set(config.get("thresholds") or ()) != set(CLASSES):
-        raise ModelError(f"{file} is not the model.json of a maskdet model (no thresholds for its classes): {EXPORT_AGAIN}")
+        raise ModelError(f"{file} is not the model.json of a maskdet model (no thresholds for its classes): {_EXPORT_AGAIN}")
     return config
 
 # %% ../nbs/08_inference.ipynb #6f8533cb
@@ -143,13 +142,13 @@ def onnxruntime_runner(path: Path, threads: int | None = None, precision: str = 
     options.intra_op_num_threads = threads or cpu_threads()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads would spin on the cores OpenVINO needs
-    with reading_model(check_model_file(path), "ONNX Runtime"):
+    with _reading_model(_check_model_file(path), "ONNX Runtime"):
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
     convert = as_tensor if images else np.asarray
     return lambda array: session.run(None, {name: convert(array)})[0]
 
-def image_input(model):
+def _image_input(model):
     "An OpenVINO model that takes uint8 image batches (N, H, W, 3) and scales them to its float input itself."
     import openvino as ov
     steps = ov.preprocess.PrePostProcessor(model)
@@ -168,9 +167,9 @@ def openvino_runner(path: Path, threads: int | None = None, precision: str = "f3
     import openvino as ov
     core = ov.Core()
     settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads or cpu_threads()}
-    with reading_model(check_model_file(path), "OpenVINO"):
+    with _reading_model(_check_model_file(path), "OpenVINO"):
         model = core.read_model(str(path))
-        any_size = core.compile_model(image_input(model.clone()) if images else model, "CPU", settings).create_infer_request()
+        any_size = core.compile_model(_image_input(model.clone()) if images else model, "CPU", settings).create_infer_request()
     fixed, seen, lock = {}, collections.Counter(), threading.Lock()
 
     def request(size: tuple[int, int]):
@@ -179,7 +178,7 @@ def openvino_runner(path: Path, threads: int | None = None, precision: str = "f3
         if size not in fixed and seen[size] >= COMPILE_AFTER and len(fixed) < COMPILED_SHAPES:
             shaped = model.clone()
             shaped.reshape([-1, 3, *size])
-            fixed[size] = core.compile_model(image_input(shaped), "CPU", settings).create_infer_request()
+            fixed[size] = core.compile_model(_image_input(shaped), "CPU", settings).create_infer_request()
         return fixed.get(size, any_size)
 
     def run(array: np.ndarray) -> np.ndarray:
@@ -187,22 +186,22 @@ def openvino_runner(path: Path, threads: int | None = None, precision: str = "f3
             return (request(array.shape[1:3]) if images else any_size).infer({0: array})[0].copy()
     return run
 
-RUNNERS = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
+_RUNNERS = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
 
 def classifier_runner(folder: Path, backend: str, threads: int | None = None, precision: str = "f32"):
     "The mask classifier's runner: ONNX Runtime when installed and in fp32 (fastest for a varying number of crops), else `backend`."
     if precision == "f32" and (folder / "classifier.onnx").is_file() and importlib.util.find_spec("onnxruntime"):
         return onnxruntime_runner(folder / "classifier.onnx", threads)
-    return RUNNERS[backend](folder / ("classifier.xml" if backend == "openvino" and (folder / "classifier.xml").is_file() else "classifier.onnx"),
+    return _RUNNERS[backend](folder / ("classifier.xml" if backend == "openvino" and (folder / "classifier.xml").is_file() else "classifier.onnx"),
                             threads, precision)
 
 # %% ../nbs/08_inference.ipynb #4a5c8512
 class ExportedModel(Backend):
     "The exported face detector and mask classifier on ONNX Runtime or OpenVINO."
     def __init__(self, path: Path | str, backend: str = "openvino", threads: int | None = None, precision: str = "f32"):
-        path = check_model_file(Path(path))
+        path = _check_model_file(Path(path))
         self.config = exported_config(path.parent)
-        self.detector = RUNNERS[backend](path, threads, precision, images=True)
+        self.detector = _RUNNERS[backend](path, threads, precision, images=True)
         self.classifier = classifier_runner(path.parent, backend, threads, precision)
 
     def detector_outputs(self, batch: np.ndarray) -> np.ndarray:

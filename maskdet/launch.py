@@ -23,10 +23,9 @@ import psutil
 from .core import ProjectPaths, Settings, is_loopback, mlflow_tracking_uri, setup_runtime
 
 # %% auto #0
-__all__ = ['log', 'Service', 'start_service', 'free_port', 'LaunchError', 'answers', 'exited_message', 'wait_until_healthy',
-           'process_tree', 'signal_group', 'alive', 'wait_for_exit', 'stop_services', 'Shutdown', 'request_shutdown',
-           'status_table', 'watch', 'supervise', 'program', 'local_host', 'missing_model', 'maskdet_services',
-           'missing_secrets', 'port_in_use', 'launch', 'access_log', 'voila_config', 'serve_dashboards']
+__all__ = ['log', 'Service', 'start_service', 'free_port', 'LaunchError', 'answers', 'wait_until_healthy', 'alive',
+           'stop_services', 'Shutdown', 'request_shutdown', 'watch', 'supervise', 'program', 'maskdet_services',
+           'missing_secrets', 'launch', 'access_log', 'serve_dashboards']
 
 # %% ../nbs/10_launch.ipynb #56e4a9e4
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ def answers(url: str, timeout: float = 2.0) -> bool:
     except (OSError, urllib.error.URLError):
         return False
 
-def exited_message(service: Service) -> str:
+def _exited_message(service: Service) -> str:
     "What to tell about a service that exited: its name, pid, exit status and log."
     return f"{service.name} (pid {service.pid}) exited with status {service.process.returncode}; its output is in {service.log_file}"
 
@@ -86,7 +85,7 @@ def wait_until_healthy(services: list[Service], timeout: float) -> None:
         for service in waiting:
             if service.process.poll() is not None:
                 service.state = "exited"
-                raise LaunchError(exited_message(service))
+                raise LaunchError(_exited_message(service))
             if answers(service.health_url):
                 service.state = "healthy"
                 log.info("%s is healthy: %s", service.name, service.url)
@@ -99,7 +98,7 @@ def wait_until_healthy(services: list[Service], timeout: float) -> None:
         time.sleep(0.5)
 
 # %% ../nbs/10_launch.ipynb #79bba20f
-def process_tree(pid: int) -> list[psutil.Process]:
+def _process_tree(pid: int) -> list[psutil.Process]:
     "The process `pid` and all its descendants (empty when it is gone)."
     try:
         root = psutil.Process(pid)
@@ -107,7 +106,7 @@ def process_tree(pid: int) -> list[psutil.Process]:
     except psutil.NoSuchProcess:
         return []
 
-def signal_group(pgid: int, signum: int) -> None:
+def _signal_group(pgid: int, signum: int) -> None:
     "Send `signum` to the process group `pgid`, if it still has members."
     try:
         os.killpg(pgid, signum)
@@ -121,7 +120,7 @@ def alive(process: psutil.Process) -> bool:
     except psutil.NoSuchProcess:
         return False
 
-def wait_for_exit(processes: list[psutil.Process], services: list[Service], timeout: float) -> list[psutil.Process]:
+def _wait_for_exit(processes: list[psutil.Process], services: list[Service], timeout: float) -> list[psutil.Process]:
     "Wait up to `timeout` seconds for `processes` to end, reaping the services' own; returns those still alive."
     deadline = time.monotonic() + timeout
     while True:
@@ -136,22 +135,22 @@ def wait_for_exit(processes: list[psutil.Process], services: list[Service], time
 def stop_services(services: list[Service], grace: float = 10.0) -> None:
     "Stop the started `services`: SIGTERM to each process group, SIGKILL to what is left after `grace` seconds."
     started = [s for s in services if s.process is not None]
-    trees = {s.name: process_tree(s.pid) for s in started}
+    trees = {s.name: _process_tree(s.pid) for s in started}
     for service in started:
         if service.process.poll() is None:
             log.info("stopping %s (pid %d)", service.name, service.pid)
-        signal_group(service.pid, signal.SIGTERM)
-    left = wait_for_exit([p for tree in trees.values() for p in tree], started, grace)
+        _signal_group(service.pid, signal.SIGTERM)
+    left = _wait_for_exit([p for tree in trees.values() for p in tree], started, grace)
     if left:
         log.warning("killing what did not stop within %.0f s: pids %s", grace, ", ".join(str(p.pid) for p in left))
         for service in started:
-            signal_group(service.pid, signal.SIGKILL)
+            _signal_group(service.pid, signal.SIGKILL)
         for process in left:
             try:
                 process.kill()
             except psutil.NoSuchProcess:
                 pass
-        wait_for_exit(left, started, grace)
+        _wait_for_exit(left, started, grace)
     for service in started:
         service.process.wait()
         if service.state in ("starting", "healthy"):
@@ -165,7 +164,7 @@ def request_shutdown(signum, frame):
     "Signal handler: stop the launcher."
     raise Shutdown(signal.Signals(signum).name)
 
-def status_table(services: list[Service]) -> str:
+def _status_table(services: list[Service]) -> str:
     "A table of the services: name, URL, pid, state and log (or why it was skipped)."
     rows = [("service", "url", "pid", "state", "log"), *((s.name, s.url, str(s.pid or "-"), s.state, s.note or str(s.log_file))
                                                         for s in services)]
@@ -191,9 +190,9 @@ def supervise(services: list[Service], cwd: Path, env: dict[str, str], timeout: 
             if service.state != "skipped":
                 start_service(service, cwd, env)
         wait_until_healthy(services, timeout)
-        print(status_table(services), flush=True)
+        print(_status_table(services), flush=True)
         print("Ctrl-C stops everything.", flush=True)
-        log.error("%s; stopping the others", exited_message(watch(services)))
+        log.error("%s; stopping the others", _exited_message(watch(services)))
         status = 1
     except LaunchError as error:
         log.error("%s; stopping every service", error)
@@ -206,7 +205,7 @@ def supervise(services: list[Service], cwd: Path, env: dict[str, str], timeout: 
         stop_services(services, grace)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    print(status_table(services), flush=True)
+    print(_status_table(services), flush=True)
     return status
 
 # %% ../nbs/10_launch.ipynb #01196749
@@ -217,11 +216,11 @@ def program(name: str) -> str:
         raise FileNotFoundError(f"{name} is not installed: pip install -e '.[all]' (or `make install`)")
     return found
 
-def local_host(host: str) -> str:
+def _local_host(host: str) -> str:
     "The address to open for a service listening on `host`."
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
-def missing_model(paths: ProjectPaths, settings: Settings) -> str | None:
+def _missing_model(paths: ProjectPaths, settings: Settings) -> str | None:
     "Why the API cannot start (no model file where `settings.model` points), or None."
     from maskdet.inference import find_model
     if settings.model.startswith(("models:/", "runs:/")):
@@ -236,7 +235,7 @@ def missing_model(paths: ProjectPaths, settings: Settings) -> str | None:
 def maskdet_services(paths: ProjectPaths, host: str = "127.0.0.1", mlflow_port: int = 5000, api_port: int = 8000,
                      dashboard_port: int = 8866) -> list[Service]:
     "The MLflow UI (on loopback), the API and the dashboards of the project in `paths`; skipped: the API without a model, MLflow with a server."
-    base = f"http://{local_host(host)}"
+    base = f"http://{_local_host(host)}"
     store, artifacts = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri(paths), (paths.mlruns / "artifacts").as_uri()
     mlflow_host = host if is_loopback(host) else "127.0.0.1"  # no login: never beyond this machine
     maskdet = program("maskdet")
@@ -253,7 +252,7 @@ def maskdet_services(paths: ProjectPaths, host: str = "127.0.0.1", mlflow_port: 
         services[0].state, services[0].url, services[0].note = "skipped", store, "MLFLOW_TRACKING_URI names a tracking server"
     elif mlflow_host != host:
         log.warning("MLflow listens on 127.0.0.1 only: it has no login here (the compose stack runs it behind one)")
-    if reason := missing_model(paths, Settings.from_env()):
+    if reason := _missing_model(paths, Settings.from_env()):
         services[1].state, services[1].note = "skipped", "no model yet: run `make pipeline` (or `dvc repro`) first"
         log.warning("the API is not started: %s", reason)
     return services
@@ -268,7 +267,7 @@ def missing_secrets(host: str, settings: Settings, api: bool = True, dashboards:
     return f"--host {host} is reachable from other machines: set {' and '.join(missing)} first" if missing else None
 
 # %% ../nbs/10_launch.ipynb #c1937d23
-def port_in_use(host: str, port: int) -> bool:
+def _port_in_use(host: str, port: int) -> bool:
     "Whether something already listens on `host`:`port` (binding to it fails)."
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -287,7 +286,7 @@ def launch(host: str = "127.0.0.1", mlflow_port: int = 5000, api_port: int = 800
     ports = {"--mlflow-port": mlflow_port, "--api-port": api_port, "--dashboard-port": dashboard_port}
     if len(set(ports.values())) < len(ports):
         raise ValueError(f"{', '.join(ports)} must be three different ports")
-    if busy := [f"{port} ({option})" for option, port in ports.items() if port_in_use(host, port)]:
+    if busy := [f"{port} ({option})" for option, port in ports.items() if _port_in_use(host, port)]:
         raise ValueError(f"port {', '.join(busy)} already in use on {host}: stop what uses it or choose another port")
     (paths.mlruns / "artifacts").mkdir(parents=True, exist_ok=True)
     services = maskdet_services(paths, host, mlflow_port, api_port, dashboard_port)
@@ -301,7 +300,7 @@ def access_log(handler) -> None:
     logging.getLogger("tornado.access").log(level, "%d %s %s %.0f ms", status, handler.request.method, handler.request.path,
                                             1000 * handler.request.request_time())
 
-def voila_config(token: str):
+def _voila_config(token: str):
     "The Voila settings given in memory: the dashboards' `token` (empty: none) and `access_log`."
     from traitlets.config import Config
     config = Config()
@@ -319,4 +318,4 @@ def serve_dashboards(folder: Path, host: str, port: int, token: str) -> None:
                            "--template=maskdet", "--VoilaConfiguration.show_tracebacks=False",
                            # a page closed without its kernel's shutdown leaves the kernel idle: culled after 10 min
                            "--MappingKernelManager.cull_idle_timeout=600", "--MappingKernelManager.cull_interval=60"],
-                          config=voila_config(token))
+                          config=_voila_config(token))

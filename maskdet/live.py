@@ -26,11 +26,10 @@ from .widgets import (Camera, ModelPicker, compliance_counts, compliance_text, d
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'listed_video_sources', 'media_file', 'allowed_video_source', 'public_url', 'video_choices', 'LiveDetection',
-           'webcam_dashboard']
+__all__ = ['log', 'allowed_video_source', 'video_choices', 'LiveDetection', 'webcam_dashboard']
 
 # %% ../nbs/12a_live.ipynb #1ad06f5b
-def listed_video_sources(settings: Settings) -> list[str]:
+def _listed_video_sources(settings: Settings) -> list[str]:
     "The device indexes and rtsp:// URLs of `MASKDET_VIDEO_SOURCES`; other entries are left out (with a warning in the log)."
     listed = []
     for entry in filter(None, (e.strip() for e in settings.video_sources.split(","))):
@@ -40,7 +39,7 @@ def listed_video_sources(settings: Settings) -> list[str]:
             log.warning("MASKDET_VIDEO_SOURCES: an entry that is neither a device index nor an rtsp:// URL is left out")
     return listed
 
-def media_file(name: str, settings: Settings) -> Path | None:
+def _media_file(name: str, settings: Settings) -> Path | None:
     "The video file `name` (relative to `MASKDET_MEDIA_DIR`) with its links followed, when it lies inside that folder; else None."
     media = settings.path("media_dir").resolve()
     file = (media / name).resolve()
@@ -50,26 +49,26 @@ def media_file(name: str, settings: Settings) -> Path | None:
 def allowed_video_source(source: str, settings: Settings) -> int | str:
     "What OpenCV may open for `source`: a listed device index or RTSP URL, or a video file of the media folder; ValueError otherwise."
     text = str(source).strip()
-    if text in listed_video_sources(settings):
+    if text in _listed_video_sources(settings):
         return int(text) if text.isdigit() else text
-    if file := media_file(text, settings):
+    if file := _media_file(text, settings):
         return str(file)
     what = f"a {text.split('://')[0]}:// URL" if "://" in text else repr(text)
     raise ValueError(f"{what} is not an allowed video source: choose one of the list (cameras and rtsp:// streams are listed in "
                      "MASKDET_VIDEO_SOURCES, video files are those in MASKDET_MEDIA_DIR)")
 
 # %% ../nbs/12a_live.ipynb #4e48dee5
-def public_url(url: str) -> str:
+def _public_url(url: str) -> str:
     "`url` without its user name, password, query and fragment, to show in a page."
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
 
 def video_choices(settings: Settings) -> list[tuple[str, str]]:
-    "The allowed video sources as (label, value) pairs: cameras, streams (as `public_url`), then the media folder's videos."
-    choices = [(f"camera {s}", s) if s.isdigit() else (public_url(s), s) for s in listed_video_sources(settings)]
+    "The allowed video sources as (label, value) pairs: cameras, streams (as `_public_url`), then the media folder's videos."
+    choices = [(f"camera {s}", s) if s.isdigit() else (_public_url(s), s) for s in _listed_video_sources(settings)]
     media = settings.path("media_dir")
     names = sorted(p.relative_to(media).as_posix() for p in media.rglob("*")) if media.is_dir() else []
-    return choices + [(name, name) for name in names if media_file(name, settings)]
+    return choices + [(name, name) for name in names if _media_file(name, settings)]
 
 # %% ../nbs/12a_live.ipynb #cae34cb4
 class LiveDetection:

@@ -25,8 +25,8 @@ from .predictions import LogWriter
 from .uploads import ServiceError
 
 # %% auto #0
-__all__ = ['log', 'OPEN_PATHS', 'SEND_KEY', 'ServiceMetrics', 'LogCollector', 'BodyTooLarge', 'send_error', 'BodyLimit',
-           'key_digest', 'bearer_token', 'ApiKeys', 'RequestContext', 'InferenceGate']
+__all__ = ['log', 'OPEN_PATHS', 'SEND_KEY', 'ServiceMetrics', 'LogCollector', 'BodyLimit', 'ApiKeys', 'RequestContext',
+           'InferenceGate']
 
 # %% ../nbs/11a_middleware.ipynb #37d84d76
 class ServiceMetrics:
@@ -80,10 +80,10 @@ class LogCollector:
 # %% ../nbs/11a_middleware.ipynb #f1c6c5b4
 log = logging.getLogger("maskdet.api")
 
-class BodyTooLarge(Exception):
+class _BodyTooLarge(Exception):
     "A request body over the limit."
 
-async def send_error(send, status: int, detail: str, headers: list | None = None) -> None:
+async def _send_error(send, status: int, detail: str, headers: list | None = None) -> None:
     "Answer an ASGI request with a JSON error."
     body = JSONResponse({"detail": detail}).body
     await send({"type": "http.response.start", "status": status,
@@ -102,7 +102,7 @@ class BodyLimit:
         message = f"upload over the limit of {self.limit / 1e6:g} MB: send a smaller image (or fewer images per batch)"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await send_error(send, 413, message)
+            return await _send_error(send, 413, message)
         received, started = 0, False
 
         async def counting_receive():
@@ -110,7 +110,7 @@ class BodyLimit:
             event = await receive()
             received += len(event.get("body", b""))
             if received > self.limit:
-                raise BodyTooLarge
+                raise _BodyTooLarge
             return event
 
         async def tracking_send(event):
@@ -119,19 +119,19 @@ class BodyLimit:
             await send(event)
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
+        except _BodyTooLarge:
             if not started:
-                await send_error(send, 413, message)
+                await _send_error(send, 413, message)
 
 # %% ../nbs/11a_middleware.ipynb #038d139f
 OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 SEND_KEY = "send one of the service's API keys in the header 'Authorization: Bearer <key>'"
 
-def key_digest(key: bytes | str) -> bytes:
+def _key_digest(key: bytes | str) -> bytes:
     "The SHA-256 digest keys are compared by (equal lengths: a comparison tells nothing about a key's length)."
     return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
 
-def bearer_token(authorization: bytes) -> bytes | None:
+def _bearer_token(authorization: bytes) -> bytes | None:
     "The token of an `Authorization: Bearer <token>` header value, or None."
     scheme, _, token = authorization.strip().partition(b" ")
     if scheme.lower() != b"bearer":
@@ -141,21 +141,21 @@ def bearer_token(authorization: bytes) -> bytes | None:
 class ApiKeys:
     "ASGI middleware: 401 for a request to anything but `OPEN_PATHS` without one of `keys` as its bearer token."
     def __init__(self, app, keys: list[str]):
-        self.app, self.digests = app, [key_digest(k) for k in keys]
+        self.app, self.digests = app, [_key_digest(k) for k in keys]
 
     def accepts(self, token: bytes | None) -> bool:
         "Whether `token` is one of the keys, compared in constant time with every key."
-        given = key_digest(token or b"")
+        given = _key_digest(token or b"")
         return token is not None and sum(hmac.compare_digest(given, digest) for digest in self.digests) > 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        token = bearer_token(dict(scope["headers"]).get(b"authorization", b""))
+        token = _bearer_token(dict(scope["headers"]).get(b"authorization", b""))
         if self.accepts(token):
             return await self.app(scope, receive, send)
         problem = "missing API key" if token is None else "wrong API key"
-        await send_error(send, 401, f"{problem}: {SEND_KEY}", [(b"www-authenticate", b'Bearer realm="maskdet"')])
+        await _send_error(send, 401, f"{problem}: {SEND_KEY}", [(b"www-authenticate", b'Bearer realm="maskdet"')])
 
 # %% ../nbs/11a_middleware.ipynb #63e898b4
 class RequestContext:

@@ -20,10 +20,9 @@ from .core import CLASSES, ModelError, ProjectPaths, load_params, project_paths
 from .faces import Backend, as_tensor
 
 # %% auto #0
-__all__ = ['RETRAIN', 'YOLOV8_SCALES', 'BACKBONE_LAYERS', 'MODEL_KEY', 'FILE_FORMAT', 'detector_classes', 'refusal',
-           'read_checkpoint', 'yolov8_backbone', 'CropClassifier', 'MaskClassifier', 'ClassifierEnsemble',
-           'build_classifier', 'MaskDetector', 'plain_values', 'save_checkpoint', 'load_checkpoint', 'classifier_of',
-           'detector_network', 'default_config', 'starting_checkpoint']
+__all__ = ['RETRAIN', 'MODEL_KEY', 'FILE_FORMAT', 'detector_classes', 'refusal', 'read_checkpoint', 'CropClassifier',
+           'MaskClassifier', 'ClassifierEnsemble', 'build_classifier', 'MaskDetector', 'save_checkpoint',
+           'load_checkpoint', 'default_config', 'starting_checkpoint']
 
 # %% ../nbs/04_model.ipynb #26664787
 def detector_classes() -> list[type]:
@@ -75,17 +74,17 @@ def read_checkpoint(path: Path | str, remedy: str = RETRAIN) -> dict:
     return checkpoint
 
 # %% ../nbs/04_model.ipynb #6caa76c3
-YOLOV8_SCALES = ("n", "s", "m", "l", "x")
+_YOLOV8_SCALES = ("n", "s", "m", "l", "x")
 
-BACKBONE_LAYERS = 10  # a YOLOv8's layers up to SPPF
+_BACKBONE_LAYERS = 10  # a YOLOv8's layers up to SPPF
 
-def yolov8_backbone(scale: str) -> nn.Sequential:
+def _yolov8_backbone(scale: str) -> nn.Sequential:
     "The backbone (first ten layers, up to SPPF) of a YOLOv8 of `scale`, built from ultralytics' definition, untrained."
     from ultralytics.nn.tasks import DetectionModel
-    if scale not in YOLOV8_SCALES:
-        raise ValueError(f"{scale!r} is not a YOLOv8 scale ({', '.join(YOLOV8_SCALES)})")
+    if scale not in _YOLOV8_SCALES:
+        raise ValueError(f"{scale!r} is not a YOLOv8 scale ({', '.join(_YOLOV8_SCALES)})")
     with torch.random.fork_rng(devices=[]):  # its weights are replaced: the caller's random numbers stay as they were
-        return nn.Sequential(*DetectionModel(f"yolov8{scale}.yaml", verbose=False).model[:BACKBONE_LAYERS])
+        return nn.Sequential(*DetectionModel(f"yolov8{scale}.yaml", verbose=False).model[:_BACKBONE_LAYERS])
 
 class CropClassifier(nn.Module):
     "A module mapping face crops (N, 3, size, size) to class scores (N, 3), softmax giving the probabilities; `architecture()` describes it."
@@ -101,7 +100,7 @@ class MaskClassifier(CropClassifier):
     "Three-class face classifier: the backbone of a YOLOv8 of `scale`, global average pooling, dropout and a linear head."
     def __init__(self, scale: str = "n", dropout: float = 0.2):
         super().__init__()
-        self.scale, self.backbone = scale, yolov8_backbone(scale)
+        self.scale, self.backbone = scale, _yolov8_backbone(scale)
         with torch.no_grad():
             channels = self.backbone(torch.zeros(1, 3, 64, 64)).shape[1]
         self.dropout, self.head = nn.Dropout(dropout), nn.Linear(channels, len(CLASSES))
@@ -121,11 +120,11 @@ class MaskClassifier(CropClassifier):
         network = read_checkpoint(weights, remedy)["model"]
         scale = getattr(network, "yaml", {}).get("scale")
         not_yolov8 = ModelError(f"{weights} holds no YOLOv8 backbone: {remedy}")
-        if scale not in YOLOV8_SCALES:
+        if scale not in _YOLOV8_SCALES:
             raise not_yolov8
         classifier = cls(scale, dropout)
         try:
-            classifier.backbone.load_state_dict(nn.Sequential(*network.model[:BACKBONE_LAYERS]).float().state_dict())
+            classifier.backbone.load_state_dict(nn.Sequential(*network.model[:_BACKBONE_LAYERS]).float().state_dict())
         except RuntimeError:
             raise not_yolov8 from None
         return classifier
@@ -161,9 +160,9 @@ class MaskDetector(Backend):
     def __init__(self, path: Path | str):
         self.path = Path(path)
         checkpoint = load_checkpoint(self.path)
-        self.classifier: CropClassifier = classifier_of(checkpoint, self.path)
+        self.classifier: CropClassifier = _classifier_of(checkpoint, self.path)
         self.config: dict = checkpoint[MODEL_KEY]["config"]
-        self.network = detector_network(checkpoint)
+        self.network = _detector_network(checkpoint)
 
     @torch.no_grad()
     def detector_outputs(self, batch: np.ndarray) -> np.ndarray:
@@ -179,7 +178,7 @@ MODEL_KEY = "maskdet"
 
 FILE_FORMAT = 2  # 1 (unnumbered): the classifier pickled as a module; 2: its architecture and state_dict
 
-def plain_values(value):
+def _plain_values(value):
     "`value` as JSON-like Python values (numpy numbers become Python numbers), which `weights_only` loading accepts."
     return json.loads(json.dumps(value, default=lambda v: v.item()))
 
@@ -188,7 +187,7 @@ def save_checkpoint(detector_weights: Path | str, classifier: CropClassifier, co
     checkpoint = read_checkpoint(detector_weights, "name a YOLOv8 face detector checkpoint")
     checkpoint[MODEL_KEY] = {"format": FILE_FORMAT, "classifier": classifier.architecture(),
                              "weights": {k: v.detach().cpu().clone() for k, v in classifier.state_dict().items()},
-                             "config": plain_values(config), "classes": list(CLASSES)}
+                             "config": _plain_values(config), "classes": list(CLASSES)}
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, target)
@@ -207,7 +206,7 @@ def load_checkpoint(path: Path | str) -> dict:
     return checkpoint
 
 # %% ../nbs/04_model.ipynb #eaa01433
-def classifier_of(checkpoint: dict, path: Path | str) -> CropClassifier:
+def _classifier_of(checkpoint: dict, path: Path | str) -> CropClassifier:
     "The trained mask classifier of a checkpoint from `load_checkpoint` (read from `path`), in fp32 and eval mode."
     part = checkpoint[MODEL_KEY]
     try:
@@ -217,7 +216,7 @@ def classifier_of(checkpoint: dict, path: Path | str) -> CropClassifier:
         raise ModelError(f"{path}: its mask classifier cannot be built from it ({type(error).__name__}): {RETRAIN}") from None
     return classifier.float().eval()
 
-def detector_network(checkpoint: dict) -> nn.Module:
+def _detector_network(checkpoint: dict) -> nn.Module:
     "The face detector network of a checkpoint (its EMA weights when it has them) in fp32, fused, in eval mode."
     return (checkpoint.get("ema") or checkpoint["model"]).float().fuse(verbose=False).eval()
 

@@ -23,11 +23,10 @@ from .predictions import PredictionLog, jpeg_bytes
 from .widgets import message, message_html, png_bytes, table_html
 
 # %% auto #0
-__all__ = ['WINDOWS', 'MONITOR_ROWS', 'log_summary', 'time_bin', 'monitor_figure', 'read_json', 'model_panel', 'drift_panel',
-           'numbers_html', 'recent_images', 'Monitor', 'monitor_dashboard']
+__all__ = ['WINDOWS', 'MONITOR_ROWS', 'Monitor', 'monitor_dashboard']
 
 # %% ../nbs/12b_monitor.ipynb #066dc6a6
-def log_summary(rows: pd.DataFrame) -> dict:
+def _log_summary(rows: pd.DataFrame) -> dict:
     "Requests, faces, latency percentiles (ms), class counts and compliance rate of prediction log rows."
     faces = int(rows.faces.sum())
     counts = {c: int(rows[c].sum()) for c in CLASSES}
@@ -38,7 +37,7 @@ def log_summary(rows: pd.DataFrame) -> dict:
             "first": rows.time.min() if len(rows) else None, "last": rows.time.max() if len(rows) else None,
             "models": sorted(set(rows.model_version) - {""}), "sources": rows.source.value_counts().to_dict()}
 
-def time_bin(span: pd.Timedelta) -> str:
+def _time_bin(span: pd.Timedelta) -> str:
     "A resampling interval giving some 10 to 100 points over `span`."
     for rule in ("1s", "10s", "1min", "5min", "15min", "1h", "6h", "1D"):
         if span <= pd.Timedelta(rule) * 100:
@@ -46,14 +45,14 @@ def time_bin(span: pd.Timedelta) -> str:
     return "7D"
 
 # %% ../nbs/12b_monitor.ipynb #8f35f18b
-def monitor_figure(rows: pd.DataFrame):
+def _monitor_figure(rows: pd.DataFrame):
     "A 2x2 matplotlib figure: requests over time, latency percentiles, class distribution, compliance trend."
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     rows = rows.set_index(rows.time.dt.tz_localize(None)).sort_index()  # UTC, as the axis says
-    rule = time_bin(rows.index.max() - rows.index.min())
+    rule = _time_bin(rows.index.max() - rows.index.min())
     grouped = rows.resample(rule)
     figure, ((ax1, ax2), (ax3, ax4)) = plt.subplots(2, 2, figsize=(11, 6.5))
     def over_time(ax, series, title, ylabel, **style):
@@ -83,14 +82,14 @@ def monitor_figure(rows: pd.DataFrame):
     return figure
 
 # %% ../nbs/12b_monitor.ipynb #9513fdc0
-def read_json(path: Path):
+def _read_json(path: Path):
     "The JSON in `path`, or None when it is missing or unreadable."
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
 
-def model_panel(settings: Settings, reports: Path) -> W.Widget:
+def _model_panel(settings: Settings, reports: Path) -> W.Widget:
     "The serving model: file, version, backend, evaluation metrics and registry state."
     parts = []
     try:
@@ -100,7 +99,7 @@ def model_panel(settings: Settings, reports: Path) -> W.Widget:
                                          ("version", file_version(path)), ("backend", backend)])))
     except Exception as error:
         parts.append(message(f"no serving model: {error}", "warning"))
-    metrics = read_json(Path(reports) / "metrics.json")
+    metrics = _read_json(Path(reports) / "metrics.json")
     if metrics:
         rows = [("all", *(f"{metrics.get(k, float('nan')):.3f}" for k in ("mAP50", "precision", "recall")))]
         rows += [(c, *(f"{m.get(k, float('nan')):.3f}" for k in ("ap50", "precision", "recall")))
@@ -108,16 +107,16 @@ def model_panel(settings: Settings, reports: Path) -> W.Widget:
         parts.append(W.HTML("<b>test metrics</b>" + table_html(rows, ("class", "AP50 / mAP50", "precision", "recall"))))
     else:
         parts.append(message("no evaluation metrics yet (reports/metrics.json): run `dvc repro` or `maskdet evaluate`"))
-    registry = read_json(Path(reports) / "registry.json")
+    registry = _read_json(Path(reports) / "registry.json")
     if registry:
         parts.append(W.HTML("<b>registry</b>" + table_html([(k, registry.get(k)) for k in ("model", "version", "champion", "promoted", "reason")
                                                            if k in registry])))
     return W.VBox(parts)
 
 # %% ../nbs/12b_monitor.ipynb #8b1450da
-def drift_panel(reports: Path) -> W.Widget:
+def _drift_panel(reports: Path) -> W.Widget:
     "The latest drift verdict, its drifted columns, the alerts and the evidently report (on demand)."
-    decision = read_json(Path(reports) / "drift.json")
+    decision = _read_json(Path(reports) / "drift.json")
     if not decision or "status" not in decision:
         return W.VBox([message("no drift report yet: run `maskdet drift` (or the drift stage of `dvc repro`)")])
     kind = {"drift": "error", "no drift": "ok"}.get(decision["status"], "warning")
@@ -130,7 +129,7 @@ def drift_panel(reports: Path) -> W.Widget:
                  f"{v.get('reference_median', float('nan')):.3g}", f"{v.get('current_median', float('nan')):.3g}")
                 for c, v in columns.items()]
         parts.append(W.HTML(table_html(rows, ("column", "test", "p-value", "", "reference median", "current median"))))
-    alerts = read_json(Path(reports) / "drift" / "alert.json") or []
+    alerts = _read_json(Path(reports) / "drift" / "alert.json") or []
     def alert_text(alert):
         kind, text = str(alert.get("kind", "alert")), str(alert.get("message", ""))
         return text if text.startswith(kind) else f"{kind}: {text}"
@@ -151,7 +150,7 @@ WINDOWS = {"last hour": pd.Timedelta("1h"), "last day": pd.Timedelta("1D"), "las
            "last 30 days": pd.Timedelta("30D")}
 MONITOR_ROWS = 100_000  # the most rows of a window the monitor reads: the latest ones
 
-def numbers_html(summary: dict) -> str:
+def _numbers_html(summary: dict) -> str:
     "The headline numbers as a row of tiles (escaped)."
     rate = "n/a" if summary["compliance"] is None else f"{summary['compliance']:.0%}"
     tiles = [("requests", summary["requests"]), ("faces", summary["faces"]), ("compliance", rate),
@@ -165,7 +164,7 @@ def numbers_html(summary: dict) -> str:
     return f'<div class="maskdet-numbers">{cells}</div>{span}'
 
 # %% ../nbs/12b_monitor.ipynb #8224b408
-def recent_images(log: PredictionLog, rows: pd.DataFrame, count: int = 6) -> list[W.Widget]:
+def _recent_images(log: PredictionLog, rows: pd.DataFrame, count: int = 6) -> list[W.Widget]:
     "Thumbnails of the latest rows whose image is stored, with their boxes drawn and their time, source and faces (escaped)."
     shown = []
     for row in rows.iloc[::-1].itertuples():
@@ -223,19 +222,19 @@ def refresh(self: Monitor):
         notes = [*([message(f"{skipped} unreadable rows skipped", "warning")] if skipped else []),
                  *([message(f"only the latest {self.limit} predictions of the {self.window.value} are shown")]
                    if len(rows) + skipped >= self.limit else [])]
-        self.numbers.children = [W.HTML(numbers_html(log_summary(rows))), *notes]
+        self.numbers.children = [W.HTML(_numbers_html(_log_summary(rows))), *notes]
         try:
-            self.charts.children = [W.Image(value=png_bytes(monitor_figure(rows)), format="png", layout=W.Layout(max_width="1000px"))]
+            self.charts.children = [W.Image(value=png_bytes(_monitor_figure(rows)), format="png", layout=W.Layout(max_width="1000px"))]
         except Exception as error:
             self.charts.children = [message(f"charts could not be drawn: {error}", "error")]
         try:
-            stored = recent_images(PredictionLog(self.log_path), rows)
+            stored = _recent_images(PredictionLog(self.log_path), rows)
         except Exception as error:
             self.images.children = [message(f"the stored images cannot be read: {error}", "error")]
         else:
             self.images.children = [W.HBox(stored, layout=W.Layout(flex_flow="row wrap"))] if stored else [
                 message("no stored images: set MASKDET_STORE_IMAGES=1 for the API or dashboards to keep them")]
-    for panel, build in ((self.model, lambda: model_panel(self.settings, self.reports)), (self.drift, lambda: drift_panel(self.reports))):
+    for panel, build in ((self.model, lambda: _model_panel(self.settings, self.reports)), (self.drift, lambda: _drift_panel(self.reports))):
         try:
             panel.children = [build()]
         except Exception as error:

@@ -23,12 +23,11 @@ from .drift import (DriftResult, compliance_text, drift_decision, folder_feature
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'WEBHOOK_ATTEMPTS', 'WEBHOOK_TIMEOUT_S', 'WEBHOOK_BACKOFF_S', 'WEBHOOK_DEADLINE_S', 'alert_payloads',
-           'write_alerts', 'raise_alerts', 'webhook_failure', 'transient', 'post_once', 'post_webhook',
-           'served_detector', 'write_reports', 'write_decision', 'send_alerts', 'drift_check']
+__all__ = ['log', 'WEBHOOK_ATTEMPTS', 'WEBHOOK_TIMEOUT_S', 'WEBHOOK_BACKOFF_S', 'WEBHOOK_DEADLINE_S', 'raise_alerts',
+           'post_webhook', 'served_detector', 'write_reports', 'write_decision', 'send_alerts', 'drift_check']
 
 # %% ../nbs/09b_monitoring.ipynb #a58ee178
-def alert_payloads(result: DriftResult) -> list[dict]:
+def _alert_payloads(result: DriftResult) -> list[dict]:
     "One alert per signal that fired: data drift and/or compliance."
     common = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "window": result.window,
               "report": result.files.get("html")}
@@ -41,7 +40,7 @@ def alert_payloads(result: DriftResult) -> list[dict]:
         alerts.append(common | {"kind": "compliance", "message": compliance_text(result.compliance), "compliance": result.compliance})
     return alerts
 
-def write_alerts(alerts: list[dict], reports: Path) -> None:
+def _write_alerts(alerts: list[dict], reports: Path) -> None:
     "Write `alerts` to `reports/drift/alert.json`, or remove the file when there are none."
     alert_file = Path(reports) / "drift" / "alert.json"
     if alerts:
@@ -52,13 +51,13 @@ def write_alerts(alerts: list[dict], reports: Path) -> None:
 
 def raise_alerts(result: DriftResult, reports: Path) -> list[dict]:
     "Log the check, and for each alert log it and write `reports/drift/alert.json`; returns the alerts (also in `result.alerts`)."
-    alerts = alert_payloads(result)
+    alerts = _alert_payloads(result)
     log.info("drift check: %s", result.message, extra={"event": "drift_check", "status": result.status, **result.window,
                                                        "drifted_columns": result.drifted_columns})
     for alert in alerts:
         log.warning("drift alert (%s): %s", alert["kind"], alert["message"],
                     extra={"event": "drift_alert", **{k: v for k, v in alert.items() if k != "message"}})
-    write_alerts(alerts, reports)
+    _write_alerts(alerts, reports)
     result.alerts = alerts
     return alerts
 
@@ -71,7 +70,7 @@ WEBHOOK_BACKOFF_S = 0.5     # wait before the second try; doubled before each ne
 
 WEBHOOK_DEADLINE_S = 30.0   # no new try starts this long after the first
 
-def webhook_failure(error: BaseException) -> str:
+def _webhook_failure(error: BaseException) -> str:
     "What went wrong with a webhook POST, told by its kind: nothing of the URL (it often carries a secret)."
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code}"
@@ -81,7 +80,7 @@ def webhook_failure(error: BaseException) -> str:
         return type(error.reason).__name__ if isinstance(error.reason, BaseException) else "unusable URL"
     return type(error).__name__
 
-def transient(error: BaseException) -> bool:
+def _transient(error: BaseException) -> bool:
     "Whether a failed POST may succeed when tried again: no answer, a timeout, a server error, 408 or 429."
     if isinstance(error, urllib.error.HTTPError):
         return error.code >= 500 or error.code in (408, 429)
@@ -89,7 +88,7 @@ def transient(error: BaseException) -> bool:
         return isinstance(error.reason, OSError)
     return isinstance(error, (OSError, http.client.HTTPException))
 
-def post_once(request: urllib.request.Request) -> int:
+def _post_once(request: urllib.request.Request) -> int:
     "Send `request`; the HTTP status of the answer."
     with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as answer:
         return answer.status
@@ -100,18 +99,18 @@ def post_webhook(url: str, payload: dict) -> str:
     import tenacity
     attempts = tenacity.Retrying(stop=tenacity.stop_after_attempt(WEBHOOK_ATTEMPTS) | tenacity.stop_after_delay(WEBHOOK_DEADLINE_S),
                                  wait=tenacity.wait_exponential(multiplier=WEBHOOK_BACKOFF_S), reraise=True,
-                                 retry=tenacity.retry_if_exception(transient),
+                                 retry=tenacity.retry_if_exception(_transient),
                                  before_sleep=lambda state: log.info("drift webhook: try %d failed (%s), trying again",
-                                                                     state.attempt_number, webhook_failure(state.outcome.exception())))
+                                                                     state.attempt_number, _webhook_failure(state.outcome.exception())))
     try:
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise ValueError("not an http(s) URL")
         request = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(), method="POST",
                                          headers={"Content-Type": "application/json", "User-Agent": "maskdet-drift"})
-        status = attempts(post_once, request)
+        status = attempts(_post_once, request)
     except (OSError, ValueError, http.client.HTTPException) as error:
         tries = attempts.statistics.get("attempt_number", 1)
-        outcome = f"failed{f' after {tries} attempts' if tries > 1 else ''}: {webhook_failure(error)}"
+        outcome = f"failed{f' after {tries} attempts' if tries > 1 else ''}: {_webhook_failure(error)}"
         log.warning("drift webhook %s", outcome, extra={"event": "drift_webhook"})
         return outcome
     tries = attempts.statistics["attempt_number"]
@@ -158,7 +157,7 @@ def send_alerts(result: DriftResult, reports: Path, webhook_url: str) -> list[di
     "POST each alert of `result` to `webhook_url` and record how it went (`'webhook'`) in the alerts, alert.json and drift.json."
     for alert in result.alerts:
         alert["webhook"] = post_webhook(webhook_url, alert)
-    write_alerts(result.alerts, reports)
+    _write_alerts(result.alerts, reports)
     write_decision(result, reports)
     return result.alerts
 

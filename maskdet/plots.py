@@ -13,10 +13,10 @@ from .core import CLASSES
 from .detections import colour
 
 # %% auto #0
-__all__ = ['draw_boxes', 'augmented_samples', 'face_view', 'plot_samples']
+__all__ = ['augmented_samples', 'face_view', 'plot_samples']
 
 # %% ../nbs/03d_plots.ipynb #ddd0f666
-def draw_boxes(ax, image: np.ndarray, boxes: np.ndarray, labels: list[str], title: str = "") -> None:
+def _draw_boxes(ax, image: np.ndarray, boxes: np.ndarray, labels: list[str], title: str = "") -> None:
     "Show `image` on matplotlib axis `ax` with `boxes` (x1, y1, x2, y2 pixels) outlined in their class colour."
     from matplotlib.patches import Rectangle
     ax.imshow(image)
@@ -61,6 +61,6 @@ def plot_samples(samples: list[tuple], columns: int = 4, size: float = 3.5):
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image, boxes, labels, *title) in zip(axes.flat, samples):
-        draw_boxes(ax, image, boxes, labels, *title)
+        _draw_boxes(ax, image, boxes, labels, *title)
     fig.tight_layout()
     return fig

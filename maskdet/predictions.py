@@ -31,15 +31,13 @@ from .detections import Detections
 from .readers import gray_statistics
 
 # %% auto #0
-__all__ = ['STATISTICS_SIDE', 'IMMERKAER', 'STATISTIC_COLUMNS', 'SCHEMA', 'BUSY_TIMEOUT_S', 'PRUNE_BATCH', 'VACUUM_PAGES',
-           'INCREMENTAL_VACUUM', 'logger', 'SQLITE_FAILURES', 'OS_FAILURES', 'LOW_SPACE_BYTES', 'WRITE_TIMEOUT_S',
-           'RETRY_FIRST_S', 'RETRY_LONGEST_S', 'RETRY_BATCH', 'RETENTION_INTERVAL_S', 'colourfulness', 'noise_level',
-           'image_statistics', 'utc_now', 'log_time', 'jpeg_bytes', 'prediction_row', 'parsed_rows', 'PredictionLog',
-           'free_space', 'failure_reason', 'retryable', 'LogWriter']
+__all__ = ['STATISTICS_SIDE', 'STATISTIC_COLUMNS', 'BUSY_TIMEOUT_S', 'logger', 'WRITE_TIMEOUT_S', 'RETENTION_INTERVAL_S',
+           'colourfulness', 'noise_level', 'image_statistics', 'utc_now', 'log_time', 'jpeg_bytes', 'prediction_row',
+           'PredictionLog', 'LogWriter']
 
 # %% ../nbs/09_predictions.ipynb #cc2057e0
 STATISTICS_SIDE = 640
-IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
 
 def colourfulness(rgb: np.ndarray) -> float:
     "Hasler and Süsstrunk's colourfulness of an RGB image (0 for grey)."
@@ -51,7 +49,7 @@ def colourfulness(rgb: np.ndarray) -> float:
 def noise_level(gray: np.ndarray) -> float:
     "Immerkær's estimate of the standard deviation of Gaussian noise in a grey image (grey levels)."
     h, w = gray.shape
-    response = np.abs(cv2.filter2D(gray.astype(np.float64), -1, IMMERKAER))[1:-1, 1:-1]
+    response = np.abs(cv2.filter2D(gray.astype(np.float64), -1, _IMMERKAER))[1:-1, 1:-1]
     return float(response.sum() * np.sqrt(np.pi / 2) / (6 * max(w - 2, 1) * max(h - 2, 1)))
 
 def image_statistics(rgb: np.ndarray) -> dict:
@@ -66,7 +64,7 @@ def image_statistics(rgb: np.ndarray) -> dict:
 # %% ../nbs/09_predictions.ipynb #1f47e59f
 STATISTIC_COLUMNS = ("width", "height", "aspect", "brightness", "contrast", "sharpness", "colourfulness", "noise")
 
-SCHEMA = f"""CREATE TABLE IF NOT EXISTS predictions (
+_SCHEMA = f"""CREATE TABLE IF NOT EXISTS predictions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, request_id TEXT, source TEXT,
     model_version TEXT, backend TEXT, {", ".join(f"{c} REAL" for c in STATISTIC_COLUMNS)},
     faces INTEGER, {", ".join(f"{c} INTEGER" for c in CLASSES)}, detections TEXT, latency_ms REAL, image BLOB);
@@ -94,7 +92,7 @@ def prediction_row(image: np.ndarray, detections: Detections, latency_ms: float,
             "latency_ms": float(latency_ms), "image": jpeg_bytes(image) if store_image else None}
 
 # %% ../nbs/09_predictions.ipynb #e585a330
-def parsed_rows(frame: pd.DataFrame) -> pd.DataFrame:
+def _parsed_rows(frame: pd.DataFrame) -> pd.DataFrame:
     "Rows of a raw log table whose time and detections can be read, with detections parsed and time as datetime."
     def detections(text):
         try:
@@ -111,11 +109,11 @@ def parsed_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before it gives up
 
-PRUNE_BATCH = 500      # rows deleted per transaction: a prune makes writers wait for one short batch, not for all of it
+_PRUNE_BATCH = 500      # rows deleted per transaction: a prune makes writers wait for one short batch, not for all of it
 
-VACUUM_PAGES = 4096    # free pages given back to the file system per transaction, for the same reason
+_VACUUM_PAGES = 4096    # free pages given back to the file system per transaction, for the same reason
 
-INCREMENTAL_VACUUM = 2 # PRAGMA auto_vacuum's value for logs created here; older logs reuse their free pages instead
+_INCREMENTAL_VACUUM = 2 # PRAGMA auto_vacuum's value for logs created here; older logs reuse their free pages instead
 
 # %% ../nbs/09_predictions.ipynb #5f1a0ec9
 class PredictionLog:
@@ -137,7 +135,7 @@ class PredictionLog:
             if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
                 db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+            db.executescript(_SCHEMA)
 
     def connect(self, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
         "A new connection that waits up to `timeout` s for other writers; commits survive a crash of the process (WAL, synchronous=NORMAL)."
@@ -163,13 +161,13 @@ def prune(self: PredictionLog, older_than_days: float, timeout: float = BUSY_TIM
         while True:
             with db:
                 batch = db.execute("DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE time < ? LIMIT ?)",
-                                   (cutoff, PRUNE_BATCH)).rowcount
+                                   (cutoff, _PRUNE_BATCH)).rowcount
             deleted += batch
-            if batch < PRUNE_BATCH:
+            if batch < _PRUNE_BATCH:
                 break
-        if db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL_VACUUM:
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL_VACUUM:
             while db.execute("PRAGMA freelist_count").fetchone()[0]:
-                db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+                db.executescript(f"PRAGMA incremental_vacuum({_VACUUM_PAGES})")
     self.checkpoint(timeout)
     return deleted
 
@@ -199,7 +197,7 @@ def read(self: PredictionLog, since: str | datetime | None = None, until: str | 
     query = f"SELECT * FROM (SELECT * FROM predictions {where} ORDER BY id DESC {f'LIMIT {int(limit)}' if limit else ''}) ORDER BY id"
     with closing(self.connect()) as db:
         raw = pd.read_sql_query(query.replace("SELECT *", "SELECT " + self.columns(db), 1), db, params=values)
-    frame = parsed_rows(raw)
+    frame = _parsed_rows(raw)
     frame.attrs["skipped"] = len(raw) - len(frame)
     return frame.reset_index(drop=True)
 
@@ -219,38 +217,38 @@ def __len__(self: PredictionLog) -> int:
 
 # %% ../nbs/09_predictions.ipynb #1f392eb9
 logger = logging.getLogger("maskdet.predictions")
-SQLITE_FAILURES = {"SQLITE_BUSY": "locked by another writer", "SQLITE_LOCKED": "locked by another writer",
+_SQLITE_FAILURES = {"SQLITE_BUSY": "locked by another writer", "SQLITE_LOCKED": "locked by another writer",
                    "SQLITE_FULL": "disk full", "SQLITE_READONLY": "read-only",
                    "SQLITE_CANTOPEN": "cannot be opened (missing folder or no permission)", "SQLITE_IOERR": "disk I/O error"}
-OS_FAILURES = {errno.ENOSPC: "disk full", errno.EROFS: "read-only", errno.EACCES: "not writable (permission denied)",
+_OS_FAILURES = {errno.ENOSPC: "disk full", errno.EROFS: "read-only", errno.EACCES: "not writable (permission denied)",
                errno.EPERM: "not writable (permission denied)"}
 
-LOW_SPACE_BYTES = 1 << 20  # an I/O error with less room than this left beside the log is a full disk (SQLite cannot size its -shm)
+_LOW_SPACE_BYTES = 1 << 20  # an I/O error with less room than this left beside the log is a full disk (SQLite cannot size its -shm)
 
-def free_space(path: Path) -> int:
+def _free_space(path: Path) -> int:
     "Free bytes on the file system that holds `path` (or its nearest existing folder)."
     return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free
 
-def failure_reason(error: Exception, path: Path) -> str:
+def _failure_reason(error: Exception, path: Path) -> str:
     "What a failed write of the log at `path` says about it, in words an operator can act on."
     name = getattr(error, "sqlite_errorname", "")
-    if name.startswith("SQLITE_IOERR") and free_space(path) < LOW_SPACE_BYTES:
+    if name.startswith("SQLITE_IOERR") and _free_space(path) < _LOW_SPACE_BYTES:
         return "disk full"
-    found = next((words for code, words in SQLITE_FAILURES.items() if name.startswith(code)), None)
-    return found or OS_FAILURES.get(getattr(error, "errno", None)) or f"not writable ({type(error).__name__}: {error})"
+    found = next((words for code, words in _SQLITE_FAILURES.items() if name.startswith(code)), None)
+    return found or _OS_FAILURES.get(getattr(error, "errno", None)) or f"not writable ({type(error).__name__}: {error})"
 
-def retryable(error: Exception) -> bool:
+def _retryable(error: Exception) -> bool:
     "Whether a failed write may succeed later (the lock, the disk, the file) rather than never (rows that cannot be stored)."
     return isinstance(error, (sqlite3.OperationalError, OSError)) or type(error) is sqlite3.DatabaseError
 
 # %% ../nbs/09_predictions.ipynb #b88bd6f3
 WRITE_TIMEOUT_S = 1.0           # how long a write waits for the log's lock before its rows are queued (or retried later)
 
-RETRY_FIRST_S = 0.25            # the writer's first wait between retries of queued rows; it doubles after each failure...
+_RETRY_FIRST_S = 0.25            # the writer's first wait between retries of queued rows; it doubles after each failure...
 
-RETRY_LONGEST_S = 5.0           # ...up to this
+_RETRY_LONGEST_S = 5.0           # ...up to this
 
-RETRY_BATCH = 500               # queued rows written per transaction
+_RETRY_BATCH = 500               # queued rows written per transaction
 
 RETENTION_INTERVAL_S = 3600.0   # the writer applies the retention and checkpoints when it starts and then this often
 
@@ -319,7 +317,7 @@ def write(self: LogWriter, rows: list[dict], retry: bool = False) -> bool:
             self.log.create(WRITE_TIMEOUT_S)
         self.log.append(rows, WRITE_TIMEOUT_S)
     except Exception as error:
-        if retryable(error):
+        if _retryable(error):
             self.failed(error)
             return False
         self.drop_unwritable(rows, error)
@@ -331,7 +329,7 @@ def write(self: LogWriter, rows: list[dict], retry: bool = False) -> bool:
 @patch
 def failed(self: LogWriter, error: Exception) -> None:
     "Count a failed write; log its reason when it is a new one."
-    words = failure_reason(error, self.log.path)
+    words = _failure_reason(error, self.log.path)
     with self.changed:
         self.failed_writes += 1
         if words != self.cause:
@@ -376,7 +374,7 @@ def flush(self: LogWriter) -> bool:
     "Write the queued rows, oldest first; False when the log refused them (they stay queued)."
     while True:
         with self.changed:
-            batch = list(islice(self.queue, RETRY_BATCH))
+            batch = list(islice(self.queue, _RETRY_BATCH))
         if not batch:
             return True
         if not self.write(batch, retry=True):
@@ -395,7 +393,7 @@ def apply_retention(self: LogWriter) -> None:
         self.log.checkpoint(WRITE_TIMEOUT_S)
     except Exception as error:
         logger.warning("prediction log %s: retention and checkpoint not done (%s); next try in %g s", self.log.path,
-                       failure_reason(error, self.log.path), RETENTION_INTERVAL_S)
+                       _failure_reason(error, self.log.path), RETENTION_INTERVAL_S)
         return
     if deleted:
         logger.info("prediction log %s: %d rows older than %g days deleted", self.log.path, deleted, self.retention_days)
@@ -409,7 +407,7 @@ def run(self: LogWriter) -> None:
         if not self.closing and time.monotonic() >= next_retention:
             self.apply_retention()
             next_retention = time.monotonic() + RETENTION_INTERVAL_S
-        delay = 0.0 if self.flush() else min(max(2 * delay, RETRY_FIRST_S), RETRY_LONGEST_S)
+        delay = 0.0 if self.flush() else min(max(2 * delay, _RETRY_FIRST_S), _RETRY_LONGEST_S)
         with self.changed:
             now, retrying, was_closing = time.monotonic(), bool(self.queue), self.closing
             if was_closing and (not retrying or now >= self.deadline):

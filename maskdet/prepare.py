@@ -19,12 +19,11 @@ from .readers import DataSourceError, load_rgb, write_yolo_labels
 from .sources import Source, read_sources
 
 # %% auto #0
-__all__ = ['group_table', 'split_dataset', 'split_sources', 'read_label_corrections', 'correct_labels', 'face_sizes',
-           'build_manifest', 'write_image', 'write_detector_lists', 'write_yolo_dataset', 'split_counts',
-           'source_metrics', 'data_metrics', 'prepare_dataset', 'LabelledImage', 'load_split']
+__all__ = ['split_dataset', 'split_sources', 'read_label_corrections', 'correct_labels', 'build_manifest', 'write_yolo_dataset',
+           'data_metrics', 'prepare_dataset', 'LabelledImage', 'load_split']
 
 # %% ../nbs/03c_prepare.ipynb #fb8c8d57
-def group_table(images: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
+def _group_table(images: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
     "Per split group: its images and faces per class."
     counts = pd.crosstab(boxes.image_id, boxes.label).reindex(columns=list(CLASSES), fill_value=0)
     per_image = images[["image_id", "group"]].join(counts, on="image_id").fillna(0)
@@ -34,7 +33,7 @@ def split_dataset(images: pd.DataFrame, boxes: pd.DataFrame, ratios: dict[str, f
     "The split of each image (indexed like `images`), stratified by class and never dividing a group."
     names, columns = list(ratios), ["images", *CLASSES]
     share = np.array([ratios[n] for n in names], dtype=float) / sum(ratios.values())
-    groups = group_table(images, boxes)
+    groups = _group_table(images, boxes)
     rarest_first = list(groups[list(CLASSES)].sum().sort_values().index)
     key = groups[rarest_first].gt(0).idxmax(axis=1).where(groups[rarest_first].gt(0).any(axis=1), "images")
     priority = key.map({c: i for i, c in enumerate([*rarest_first, "images"])})
@@ -92,7 +91,7 @@ def correct_labels(clean: CleanDataset, corrections: pd.DataFrame, tolerance: fl
                    corrections=pd.DataFrame(applied, columns=[*CORRECTION_COLUMNS, "face"]))
 
 # %% ../nbs/03c_prepare.ipynb #e88ad2c9
-def face_sizes(boxes: pd.DataFrame) -> pd.DataFrame:
+def _face_sizes(boxes: pd.DataFrame) -> pd.DataFrame:
     "Per image: the smallest, median and largest face size (square root of box area, pixels)."
     size = np.sqrt((boxes.x2 - boxes.x1) * (boxes.y2 - boxes.y1))
     return size.groupby(boxes.image_id).agg(face_px_min="min", face_px_median="median", face_px_max="max")
@@ -106,14 +105,14 @@ def build_manifest(images: pd.DataFrame, boxes: pd.DataFrame, splits: pd.Series)
         file=[f"images/{s}/{i}{'.png' if png else Path(p).suffix.lower()}"
               for s, i, p, png in zip(splits, images.image_id, images.image_path, repaired)],
         original=images.image_path.astype(str), phash=images.phash.map(lambda h: f"{int(h):016x}"))
-    manifest = manifest.join(counts, on="image_id").join(face_sizes(boxes), on="image_id")
+    manifest = manifest.join(counts, on="image_id").join(_face_sizes(boxes), on="image_id")
     manifest[counts.columns] = manifest[counts.columns].fillna(0).astype(int)
     manifest["face_rel_median"] = manifest.face_px_median / np.minimum(manifest.width, manifest.height)
     columns = ["image_id", "split", "source", "kind", "file", "width", "height", "brightness", "contrast", "sharpness", "faces",
                *counts.columns, "face_px_min", "face_px_median", "face_px_max", "face_rel_median", "group", "sha256", "phash", "repaired", "original"]
     return manifest[columns].sort_values(["split", "image_id"]).reset_index(drop=True)
 
-def write_image(source: Path, target: Path, repair: bool) -> None:
+def _write_image(source: Path, target: Path, repair: bool) -> None:
     "Copy an image file, or save its repaired RGB pixels as PNG."
     target.parent.mkdir(parents=True, exist_ok=True)
     if repair:
@@ -121,7 +120,7 @@ def write_image(source: Path, target: Path, repair: bool) -> None:
     else:
         shutil.copyfile(source, target)
 
-def write_detector_lists(manifest: pd.DataFrame, output: Path) -> dict[str, str]:
+def _write_detector_lists(manifest: pd.DataFrame, output: Path) -> dict[str, str]:
     "Write `detector_<split>.txt` in `output` for each split: its scene photos, what the face detector trains and validates on."
     lists = {}
     for split, part in manifest[manifest.kind == "scene"].groupby("split"):
@@ -137,10 +136,10 @@ def write_yolo_dataset(clean: CleanDataset, splits: pd.Series, output: Path) -> 
         shutil.rmtree(output)
     manifest = build_manifest(clean.images, clean.boxes, splits)
     for row in manifest.itertuples():
-        write_image(Path(row.original), output / row.file, repair=row.repaired)
+        _write_image(Path(row.original), output / row.file, repair=row.repaired)
     for split, part in manifest.groupby("split"):
         write_yolo_labels(clean.boxes, part, output / "labels" / split)
-    lists = write_detector_lists(manifest, output)
+    lists = _write_detector_lists(manifest, output)
     dataset = {**{s: lists[s] for s in ("train", "val", "test") if s in lists}, "names": dict(enumerate(CLASSES))}
     (output / "dataset.yaml").write_text(yaml.safe_dump(dataset, sort_keys=False))
     manifest.to_csv(output / "manifest.csv", index=False)
@@ -151,12 +150,12 @@ def write_yolo_dataset(clean: CleanDataset, splits: pd.Series, output: Path) -> 
     return manifest
 
 # %% ../nbs/03c_prepare.ipynb #e474e75e
-def split_counts(manifest: pd.DataFrame) -> dict:
+def _split_counts(manifest: pd.DataFrame) -> dict:
     "Images and faces per class in each split of `manifest`."
     return {split: {"images": int(len(part)), **{c: int(part[f"n_{c}"].sum()) for c in CLASSES}}
             for split, part in manifest.groupby("split")}
 
-def source_metrics(clean: CleanDataset, manifest: pd.DataFrame) -> dict:
+def _source_metrics(clean: CleanDataset, manifest: pd.DataFrame) -> dict:
     "Per source: kind, images in and out, faces per class, duplicates removed, images rejected, pictures found in photos, splits."
     log, found = clean.decisions, set(clean.faces_in_scenes.picture)
     metrics = {}
@@ -166,7 +165,7 @@ def source_metrics(clean: CleanDataset, manifest: pd.DataFrame) -> dict:
                          "faces": {c: int(out[f"n_{c}"].sum()) for c in CLASSES},
                          "duplicates_removed": int(decided.action.eq("duplicate removed").sum()),
                          "rejected": int(decided.action.eq("rejected").sum()),
-                         "found_in_scenes": int(out.image_id.isin(found).sum()), "splits": split_counts(out)}
+                         "found_in_scenes": int(out.image_id.isin(found).sum()), "splits": _split_counts(out)}
     return metrics
 
 # %% ../nbs/03c_prepare.ipynb #223c25d5
@@ -188,9 +187,9 @@ def data_metrics(clean: CleanDataset, manifest: pd.DataFrame) -> dict:
         "near_duplicate_pairs": int(len(clean.near_duplicate_pairs)),
         "boxes_dropped": counted("box dropped"), "boxes_repaired": counted("box repaired"),
         "labels_corrected": int(len(clean.corrections)),
-        "rejected": by_reason("rejected"), "repaired": by_reason("repaired"), "splits": split_counts(manifest),
+        "rejected": by_reason("rejected"), "repaired": by_reason("repaired"), "splits": _split_counts(manifest),
         "detector_images": {s: int(n) for s, n in manifest.split[manifest.kind == "scene"].value_counts().sort_index().items()},
-        "sources": source_metrics(clean, manifest),
+        "sources": _source_metrics(clean, manifest),
     }
 
 # %% ../nbs/03c_prepare.ipynb #a9ff5d10

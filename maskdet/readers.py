@@ -20,11 +20,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .core import IMAGE_SUFFIXES
 
 # %% auto #0
-__all__ = ['IMAGE_COLUMNS', 'BOX_COLUMNS', 'GET_THE_DATA', 'READERS', 'FORMAT_SUFFIXES', 'DataSourceError', 'Annotations',
-           'image_files', 'image_row', 'unannotated_rows', 'voc_boxes', 'read_voc', 'yolo_class_names', 'yolo_boxes',
-           'read_yolo', 'coco_json', 'read_coco', 'picture_folders', 'read_folders', 'detect_format', 'check_folder',
-           'read_dataset', 'sample_voc', 'write_voc_annotation', 'write_yolo_labels', 'perceptual_hash',
-           'gray_statistics', 'load_rgb', 'inspect_image', 'inspect_images', 'write_faulty_images']
+__all__ = ['IMAGE_COLUMNS', 'BOX_COLUMNS', 'GET_THE_DATA', 'READERS', 'DataSourceError', 'Annotations', 'image_files', 'read_voc',
+           'read_yolo', 'read_coco', 'picture_folders', 'read_folders', 'detect_format', 'check_folder', 'read_dataset',
+           'sample_voc', 'write_voc_annotation', 'write_yolo_labels', 'perceptual_hash', 'gray_statistics', 'load_rgb',
+           'inspect_image', 'inspect_images', 'write_faulty_images']
 
 # %% ../nbs/03_readers.ipynb #48107a92
 IMAGE_COLUMNS = ["image_id", "image_path", "annotated", "ann_width", "ann_height", "error"]
@@ -49,15 +48,15 @@ def image_files(folder: Path) -> dict[str, Path]:
     return {p.relative_to(folder).with_suffix("").as_posix(): p
             for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
 
-def image_row(image_id, path, annotated, width=None, height=None, error=None) -> dict:
+def _image_row(image_id, path, annotated, width=None, height=None, error=None) -> dict:
     return dict(image_id=image_id, image_path=path, annotated=annotated, ann_width=width, ann_height=height, error=error)
 
-def unannotated_rows(images: dict[str, Path], annotated_ids: set[str]) -> list[dict]:
+def _unannotated_rows(images: dict[str, Path], annotated_ids: set[str]) -> list[dict]:
     "Rows for image files that no annotation mentions."
-    return [image_row(key, path, False) for key, path in images.items() if key not in annotated_ids]
+    return [_image_row(key, path, False) for key, path in images.items() if key not in annotated_ids]
 
 # %% ../nbs/03_readers.ipynb #090aa372
-def voc_boxes(image_id: str, root: ET.Element) -> list[dict]:
+def _voc_boxes(image_id: str, root: ET.Element) -> list[dict]:
     "The boxes of one VOC annotation."
     boxes = []
     for obj in root.iter("object"):
@@ -81,15 +80,15 @@ def read_voc(folder: Path) -> Annotations:
             path = img_dir / filename if filename and (img_dir / filename).is_file() else images.get(image_id)
             size = root.find("size")
             width, height = (float(size.findtext("width")), float(size.findtext("height"))) if size is not None else (None, None)
-            box_rows += voc_boxes(image_id, root)
-            image_rows.append(image_row(image_id, path, True, width, height))
+            box_rows += _voc_boxes(image_id, root)
+            image_rows.append(_image_row(image_id, path, True, width, height))
         except (ET.ParseError, TypeError, ValueError, AttributeError) as error:
-            image_rows.append(image_row(image_id, images.get(image_id), True, error=f"unreadable annotation {xml_file.name}: {error}"))
-    image_rows += unannotated_rows(images, {row["image_id"] for row in image_rows})
+            image_rows.append(_image_row(image_id, images.get(image_id), True, error=f"unreadable annotation {xml_file.name}: {error}"))
+    image_rows += _unannotated_rows(images, {row["image_id"] for row in image_rows})
     return Annotations.from_rows(image_rows, box_rows, "voc")
 
 # %% ../nbs/03_readers.ipynb #30649577
-def yolo_class_names(folder: Path) -> list[str]:
+def _yolo_class_names(folder: Path) -> list[str]:
     "Class names of a YOLO data set, from `classes.txt` or `data.yaml`/`dataset.yaml`."
     if (folder / "classes.txt").is_file():
         return [line.strip() for line in (folder / "classes.txt").read_text().splitlines() if line.strip()]
@@ -99,7 +98,7 @@ def yolo_class_names(folder: Path) -> list[str]:
             return [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
     raise DataSourceError(f"{folder} looks like a YOLO data set but has no classes.txt or data.yaml naming its classes.")
 
-def yolo_boxes(image_id: str, label_file: Path, names: list[str], width: int, height: int) -> list[dict]:
+def _yolo_boxes(image_id: str, label_file: Path, names: list[str], width: int, height: int) -> list[dict]:
     "Pixel boxes from one YOLO label file."
     boxes = []
     for line in label_file.read_text().split("\n"):
@@ -116,27 +115,27 @@ def yolo_boxes(image_id: str, label_file: Path, names: list[str], width: int, he
 def read_yolo(folder: Path) -> Annotations:
     "Read a YOLO data set: `folder/images/**` with labels at the same paths under `folder/labels/`."
     folder = Path(folder)
-    names, images = yolo_class_names(folder), image_files(folder / "images")
+    names, images = _yolo_class_names(folder), image_files(folder / "images")
     image_rows, box_rows = [], []
     for key, path in images.items():
         label_file = folder / "labels" / f"{key}.txt"
         image_id = key.replace("/", "__")
         if not label_file.is_file():
-            image_rows.append(image_row(image_id, path, False))
+            image_rows.append(_image_row(image_id, path, False))
             continue
         try:
             with Image.open(path) as im:
                 width, height = im.size
-            box_rows += yolo_boxes(image_id, label_file, names, width, height)
-            image_rows.append(image_row(image_id, path, True, width, height))
+            box_rows += _yolo_boxes(image_id, label_file, names, width, height)
+            image_rows.append(_image_row(image_id, path, True, width, height))
         except (OSError, UnidentifiedImageError):
-            image_rows.append(image_row(image_id, path, True))  # the image inspection reports why it does not open
+            image_rows.append(_image_row(image_id, path, True))  # the image inspection reports why it does not open
         except ValueError as error:
-            image_rows.append(image_row(image_id, path, True, error=f"unreadable label file {label_file.name}: {error}"))
+            image_rows.append(_image_row(image_id, path, True, error=f"unreadable label file {label_file.name}: {error}"))
     return Annotations.from_rows(image_rows, box_rows, "yolo")
 
 # %% ../nbs/03_readers.ipynb #eec80a06
-def coco_json(folder: Path) -> Path | None:
+def _coco_json(folder: Path) -> Path | None:
     "The COCO annotation file in `folder` (or `folder/annotations`), if any."
     for candidate in sorted([*folder.glob("*.json"), *folder.glob("annotations/*.json")]):
         with candidate.open() as f:
@@ -148,7 +147,7 @@ def coco_json(folder: Path) -> Path | None:
 def read_coco(folder: Path, json_file: Path | None = None) -> Annotations:
     "Read a COCO data set: one JSON file and its image files."
     folder = Path(folder)
-    json_file = Path(json_file or coco_json(folder))
+    json_file = Path(json_file or _coco_json(folder))
     try:
         coco = json.loads(json_file.read_text())
     except json.JSONDecodeError as error:
@@ -161,7 +160,7 @@ def read_coco(folder: Path, json_file: Path | None = None) -> Annotations:
         image_id = Path(img["file_name"]).with_suffix("").as_posix().replace("/", "__")
         by_id[img["id"]] = image_id
         path = img_dir / img["file_name"]
-        image_rows.append(image_row(image_id, path if path.is_file() else None, True, img.get("width"), img.get("height")))
+        image_rows.append(_image_row(image_id, path if path.is_file() else None, True, img.get("width"), img.get("height")))
     box_rows = []
     for ann in coco.get("annotations", []):
         x, y, w, h = ann["bbox"]
@@ -181,16 +180,16 @@ def read_folders(folder: Path) -> Annotations:
     for key, path in image_files(folder).items():
         image_id = key.replace("/", "__")
         if "/" not in key:
-            image_rows.append(image_row(image_id, path, False, error="picture outside the class sub-folders: move it into one"))
+            image_rows.append(_image_row(image_id, path, False, error="picture outside the class sub-folders: move it into one"))
             continue
         try:
             with Image.open(path) as im:
                 width, height = im.size
         except (OSError, UnidentifiedImageError):
-            image_rows.append(image_row(image_id, path, True))  # the image inspection reports why it does not open
+            image_rows.append(_image_row(image_id, path, True))  # the image inspection reports why it does not open
             continue
         box_rows.append(dict(image_id=image_id, label=key.split("/")[0], x1=0.0, y1=0.0, x2=float(width), y2=float(height)))
-        image_rows.append(image_row(image_id, path, True, width, height))
+        image_rows.append(_image_row(image_id, path, True, width, height))
     return Annotations.from_rows(image_rows, box_rows, "folders")
 
 # %% ../nbs/03_readers.ipynb #0e53eb1a
@@ -205,7 +204,7 @@ def detect_format(folder: Path) -> str:
         return "voc"
     if (folder / "labels").is_dir():
         return "yolo"
-    if coco_json(folder):
+    if _coco_json(folder):
         return "coco"
     if picture_folders(folder):
         return "folders"
@@ -265,7 +264,7 @@ def write_yolo_labels(boxes: pd.DataFrame, sizes: pd.DataFrame, label_dir: Path)
         (label_dir / f"{image_id}.txt").write_text("".join(line + "\n" for line in lines))
 
 # %% ../nbs/03_readers.ipynb #9fdc269b
-FORMAT_SUFFIXES = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "BMP": {".bmp"}, "WEBP": {".webp"},
+_FORMAT_SUFFIXES = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "BMP": {".bmp"}, "WEBP": {".webp"},
                    "TIFF": {".tif", ".tiff"}, "GIF": {".gif"}, "MPO": {".jpg", ".jpeg"}}
 
 def perceptual_hash(gray: Image.Image) -> int:
@@ -307,7 +306,7 @@ def inspect_image(path: Path | None) -> dict:
     pixels = np.asarray(rgb)
     return {"error": None, "format": fmt, "mode": mode, "orientation": orientation,
             "raw_width": raw_width, "raw_height": raw_height, "width": rgb.width, "height": rgb.height,
-            "wrong_suffix": path.suffix.lower() not in FORMAT_SUFFIXES.get(fmt, {path.suffix.lower()}),
+            "wrong_suffix": path.suffix.lower() not in _FORMAT_SUFFIXES.get(fmt, {path.suffix.lower()}),
             "sha256": hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest(),
             "phash": perceptual_hash(gray), **gray_statistics(np.asarray(gray))}
 

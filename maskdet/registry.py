@@ -18,8 +18,7 @@ from .core import CLASSES, ModelError, ModelNotFound
 from .model import MaskDetector
 
 # %% auto #0
-__all__ = ['NOT_IN_REGISTRY', 'promotion_decision', 'MaskdetModel', 'version_metrics', 'alias_version', 'register_model',
-           'model_path']
+__all__ = ['promotion_decision', 'MaskdetModel', 'register_model', 'model_path']
 
 # %% ../nbs/07_registry.ipynb #983a2e30
 def promotion_decision(candidate: dict, champion: dict | None, max_class_drop: float) -> tuple[bool, str]:
@@ -48,11 +47,11 @@ class MaskdetModel(mlflow.pyfunc.PythonModel):
         return [self.detector.predict(np.asarray(load_rgb(Path(f)))).to_dicts() for f in files]
 
 # %% ../nbs/07_registry.ipynb #0da146b7
-def version_metrics(version) -> dict | None:
+def _version_metrics(version) -> dict | None:
     "The test metrics stored with a model version."
     return json.loads(version.tags["metrics"]) if version and "metrics" in version.tags else None
 
-def alias_version(client: mlflow.MlflowClient, name: str, alias: str):
+def _alias_version(client: mlflow.MlflowClient, name: str, alias: str):
     "The model version holding `alias`, or None."
     try:
         return client.get_model_version_by_alias(name, alias)
@@ -73,8 +72,8 @@ def register_model(checkpoint: Path, run_id: str, metrics: dict, name: str, max_
             "thresholds": json.dumps(thresholds)}
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, "challenger", version.version)
-    champion = alias_version(client, name, "champion")
-    champion_metrics, rescored, note = version_metrics(champion), False, ""
+    champion = _alias_version(client, name, "champion")
+    champion_metrics, rescored, note = _version_metrics(champion), False, ""
     if champion and rescore:
         try:
             champion_metrics, rescored = rescore(model_path(f"models:/{name}/{champion.version}")), True
@@ -90,7 +89,7 @@ def register_model(checkpoint: Path, run_id: str, metrics: dict, name: str, max_
             "champion": int(version.version) if promoted else (int(champion.version) if champion else None),
             "previous_champion": int(champion.version) if champion else None, "champion_rescored": rescored, "run_id": run_id}
 
-NOT_IN_REGISTRY = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for an unknown model, version, alias or run
+_NOT_IN_REGISTRY = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for an unknown model, version, alias or run
 
 # %% ../nbs/07_registry.ipynb #f958b705
 def model_path(reference: str | Path) -> Path:
@@ -99,7 +98,7 @@ def model_path(reference: str | Path) -> Path:
         try:
             folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(reference)))
         except MlflowException as error:
-            if error.error_code in NOT_IN_REGISTRY:
+            if error.error_code in _NOT_IN_REGISTRY:
                 raise ModelNotFound(f"{reference} is not in the model registry ({error.message.splitlines()[0]}): register "
                                     "one with `maskdet register` (or `dvc repro register`)") from None
             # other errors can quote the tracking server's address, credentials and all: only their code is shown

@@ -16,8 +16,8 @@ from .faces import detector_sizes
 from .prepare import LabelledImage
 
 # %% auto #0
-__all__ = ['source_scores', 'per_source_scores', 'picture_scores', 'closeup_scores', 'closeup_table', 'rounded',
-           'reviewed_figures', 'metrics_file', 'write_curves', 'logged_metrics']
+__all__ = ['source_scores', 'per_source_scores', 'picture_scores', 'closeup_scores', 'closeup_table', 'reviewed_figures',
+           'metrics_file', 'write_curves', 'logged_metrics']
 
 # %% ../nbs/05a_report.ipynb #b26cfd19
 def source_scores(found: list[Detections], images: list[LabelledImage], thresholds: dict[str, float], floor: float) -> dict:
@@ -59,11 +59,11 @@ def closeup_table(views: list[dict], found: list[Detections], thresholds: dict[s
     return {name: closeup_scores(views, found, thresholds, floor, list(chosen)) for name, chosen in groups.items()}
 
 # %% ../nbs/05a_report.ipynb #28277354
-def rounded(table: dict) -> dict:
+def _rounded(table: dict) -> dict:
     "Floats rounded to 4 places, nested; a figure that cannot exist (NaN: no face of its kind) as None."
     def number(v):
         return (round(float(v), 4) if np.isfinite(v) else None) if isinstance(v, float | np.floating) else v
-    return {k: rounded(v) if isinstance(v, dict) else number(v) for k, v in table.items()}
+    return {k: _rounded(v) if isinstance(v, dict) else number(v) for k, v in table.items()}
 
 def reviewed_figures(reviewed: dict, intervals: dict, relabelled: int) -> dict:
     "The figures on the reviewed labels kept beside the headline: faces relabelled, mAP50, top-1 mAP50, intervals, AP50 per class."
@@ -74,8 +74,8 @@ def metrics_file(headline: dict, intervals: dict, face_ap50: float, config: dict
                  by_size: dict, per_source: dict, latency: dict) -> dict:
     "The content of `reports/metrics.json`; `config` is the model's (thresholds, detector sizes), `latency` from `median_latency`."
     return headline | {"labels": "published", "intervals": intervals, "face_ap50": face_ap50, "thresholds": config["thresholds"],
-                       "detector_sizes": detector_sizes(config), "reviewed_labels": reviewed, "closeup": rounded(closeup),
-                       "by_face_size": rounded(by_size), "per_source": rounded(per_source),
+                       "detector_sizes": detector_sizes(config), "reviewed_labels": reviewed, "closeup": _rounded(closeup),
+                       "by_face_size": _rounded(by_size), "per_source": _rounded(per_source),
                        "latency_ms": {k: round(v, 1) for k, v in latency.items() if k != "runs"}}
 
 # %% ../nbs/05a_report.ipynb #02505bbc

@@ -26,12 +26,11 @@ from maskdet.readers import (
 )
 
 # %% auto #0
-__all__ = ['SOURCE_KEYS', 'SOURCE_NAME', 'ADD_A_SOURCE', 'class_lookup', 'canonical_labels', 'Source', 'check_class_folders',
-           'check_source', 'source_entries', 'sources_from_params', 'configured_sources', 'sample_face_folders',
-           'photo_of_crop', 'example_sources', 'read_source', 'read_sources']
+__all__ = ['canonical_labels', 'Source', 'sources_from_params', 'configured_sources', 'sample_face_folders', 'photo_of_crop',
+           'example_sources', 'read_source', 'read_sources']
 
 # %% ../nbs/03a_sources.ipynb #f770e969
-def class_lookup(class_map: dict) -> dict[str, str]:
+def _class_lookup(class_map: dict) -> dict[str, str]:
     "Every spelling in `class_map` (stripped, lower case) and every class name -> its class; a `ValueError` if it names no class."
     unknown_targets = sorted(set(class_map.values()) - set(CLASSES))
     if unknown_targets:
@@ -40,14 +39,14 @@ def class_lookup(class_map: dict) -> dict[str, str]:
 
 def canonical_labels(labels: pd.Series, class_map: dict) -> pd.Series:
     "Class names mapped to `CLASSES` through `class_map` (case-insensitive); unknown names become NaN."
-    return labels.astype(str).str.strip().str.lower().map(class_lookup(class_map))
+    return labels.astype(str).str.strip().str.lower().map(_class_lookup(class_map))
 
 # %% ../nbs/03a_sources.ipynb #56ce36ea
-SOURCE_KEYS = ("name", "path", "format", "class_map")
+_SOURCE_KEYS = ("name", "path", "format", "class_map")
 
-SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
-ADD_A_SOURCE = ("Each entry of inputs.sources in params.yaml needs a name and a path (relative to inputs.root, or absolute); "
+_ADD_A_SOURCE = ("Each entry of inputs.sources in params.yaml needs a name and a path (relative to inputs.root, or absolute); "
                 "format (auto, voc, yolo, coco or folders) and class_map are optional.")
 
 @dataclass
@@ -67,7 +66,7 @@ class Source:
         "A `DataSourceError` about this source, naming it."
         return DataSourceError(f"source {self.name!r} (inputs.sources in params.yaml): {problem}")
 
-def check_class_folders(source: Source) -> None:
+def _check_class_folders(source: Source) -> None:
     "An image-level source must hold sub-folders of pictures, each named by a class or by an entry of its class map."
     folders = picture_folders(source.path)
     if not folders:
@@ -79,26 +78,26 @@ def check_class_folders(source: Source) -> None:
                            f"{', '.join(CLASSES)} or map it in the source's class_map, e.g. class_map: {{{unmapped[0]}: with_mask}}.")
 
 # %% ../nbs/03a_sources.ipynb #f7fa7e61
-def check_source(source: Source) -> Source:
+def _check_source(source: Source) -> Source:
     "`source` with its format told from its folder; a `DataSourceError` naming the source and the fix when it cannot be read."
     try:
         checked = replace(source, format=check_folder(source.path, source.format))
-        class_lookup(source.class_map)
+        _class_lookup(source.class_map)
     except (DataSourceError, ValueError) as error:
         raise source.error(str(error)) from None
     if checked.format == "folders":
-        check_class_folders(checked)
+        _check_class_folders(checked)
     return checked
 
-def source_entries(inputs: dict) -> list[dict]:
+def _source_entries(inputs: dict) -> list[dict]:
     "The entries of `inputs.sources`, each with a name and a path, the names distinct and usable in file names."
     entries = inputs.get("sources")
     if not isinstance(entries, list) or not entries:
-        raise DataSourceError(f"inputs.sources in params.yaml lists no data set. {ADD_A_SOURCE}")
+        raise DataSourceError(f"inputs.sources in params.yaml lists no data set. {_ADD_A_SOURCE}")
     for entry in entries:
-        if not isinstance(entry, dict) or not {"name", "path"} <= set(entry) or set(entry) - set(SOURCE_KEYS):
-            raise DataSourceError(f"inputs.sources entry {entry!r} is not a source. {ADD_A_SOURCE}")
-        if not SOURCE_NAME.fullmatch(str(entry["name"])):
+        if not isinstance(entry, dict) or not {"name", "path"} <= set(entry) or set(entry) - set(_SOURCE_KEYS):
+            raise DataSourceError(f"inputs.sources entry {entry!r} is not a source. {_ADD_A_SOURCE}")
+        if not _SOURCE_NAME.fullmatch(str(entry["name"])):
             raise DataSourceError(f"source name {entry['name']!r} in inputs.sources: use letters, digits, '.', '_' and '-' "
                                   "(it becomes part of file names).")
     names = [str(entry["name"]) for entry in entries]
@@ -109,12 +108,12 @@ def source_entries(inputs: dict) -> list[dict]:
 
 def sources_from_params(inputs: dict, class_map: dict, paths: ProjectPaths) -> list[Source]:
     "The checked sources of `inputs.sources`, paths taken from `inputs.root` unless absolute, class maps over `class_map`."
-    entries = source_entries(inputs)
+    entries = _source_entries(inputs)
     if not inputs.get("root") or not paths.resolve(inputs["root"]).is_dir():
         raise DataSourceError(f"inputs.root ({inputs.get('root')}) is not a folder: set it in params.yaml to the folder "
                               "that holds the data sets (../shared/datasets on these machines).")
     root = paths.resolve(inputs["root"])
-    return [check_source(Source(str(e["name"]), root / Path(e["path"]).expanduser(), e.get("format") or "auto",
+    return [_check_source(Source(str(e["name"]), root / Path(e["path"]).expanduser(), e.get("format") or "auto",
                                 class_map | (e.get("class_map") or {}))) for e in entries]
 
 # %% ../nbs/03a_sources.ipynb #263ddc2a
@@ -150,7 +149,7 @@ def example_sources(folder: Path | str, photos: int = 60, faces: int = 30) -> li
 # %% ../nbs/03a_sources.ipynb #bb14c58d
 def read_source(source: Source, prefix: str = "") -> Annotations:
     "One source, checked and read: image ids with `prefix` in front, class names through its class map, images tagged with it."
-    source = check_source(source)
+    source = _check_source(source)
     found = READERS[source.format](source.path)
     if found.images.empty:
         raise source.error(f"no images found in {source.path}. {GET_THE_DATA}")

@@ -30,9 +30,8 @@ from maskdet.model import (
 from .prepare import LabelledImage, load_split
 
 # %% auto #0
-__all__ = ['finetune_detector', 'FaceCrops', 'crop_accuracy', 'train_classifier', 'train_ensemble', 'train_mask_classifier',
-           'matched_boxes', 'data_version', 'git_commit', 'flatten', 'environment', 'train_model', 'draw_trials',
-           'tune_classifier']
+__all__ = ['finetune_detector', 'FaceCrops', 'train_classifier', 'train_ensemble', 'train_mask_classifier', 'data_version',
+           'environment', 'train_model', 'draw_trials', 'tune_classifier']
 
 # %% ../nbs/06_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
@@ -86,7 +85,7 @@ class FaceCrops:
         return torch.from_numpy(np.stack(crops).astype(np.float32)), torch.from_numpy(self.labels[indices])
 
 # %% ../nbs/06_train.ipynb #801eb587
-def crop_accuracy(classifier: CropClassifier, faces: FaceCrops) -> float:
+def _crop_accuracy(classifier: CropClassifier, faces: FaceCrops) -> float:
     "Share of the annotated faces of `faces` the classifier labels right (centred crops)."
     if not len(faces.faces):
         return float("nan")
@@ -117,7 +116,7 @@ def train_classifier(train: FaceCrops, val: FaceCrops, backbone: Path, settings:
                 loss = (1 - settings["distil"]) * loss + settings["distil"] * F.cross_entropy(logits, taught)
             optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
             losses.append(loss.item())
-        log({"classifier/loss": float(np.mean(losses)), "classifier/val_accuracy": crop_accuracy(classifier, val)}, epoch)
+        log({"classifier/loss": float(np.mean(losses)), "classifier/val_accuracy": _crop_accuracy(classifier, val)}, epoch)
     return classifier.eval()
 
 # %% ../nbs/06_train.ipynb #456ec01c
@@ -138,7 +137,7 @@ def train_mask_classifier(train: FaceCrops, val: FaceCrops, backbone: Path, sett
                             log=lambda metrics, epoch: log(metrics, after + epoch), teacher=ensemble)
 
 # %% ../nbs/06_train.ipynb #ee92144c
-def matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple[np.ndarray, np.ndarray]:
+def _matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple[np.ndarray, np.ndarray]:
     "Uncalibrated detector boxes and the annotated boxes they overlap best (IoU >= 0.5)."
     config = detector.config
     detector.config = config | {"box_calibration": None}
@@ -166,19 +165,19 @@ def data_version(paths: ProjectPaths, processed: Path) -> str:
                 return out["md5"]
     return hashlib.md5((processed / "manifest.csv").read_bytes()).hexdigest()
 
-def git_commit(root: Path) -> str:
+def _git_commit(root: Path) -> str:
     "The commit checked out in `root` (with '-dirty' when files differ), or 'unknown'."
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
     commit = git("rev-parse", "HEAD")
     return (commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")) if commit else "unknown"
 
-def flatten(params: dict, prefix: str = "") -> dict:
+def _flatten(params: dict, prefix: str = "") -> dict:
     "Nested parameters as flat 'a.b.c' keys."
     flat = {}
     for key, value in params.items():
         if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
+            flat |= _flatten(value, f"{prefix}{key}.")
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -208,8 +207,8 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
     # ultralytics' MLflow callback logs the detector's epochs into this run and leaves it open
     with environment(MLFLOW_EXPERIMENT_NAME=params["tracking"]["experiment"], MLFLOW_KEEP_RUN_ACTIVE="true"), \
             mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tags({"data.version": data_version(paths, processed), "git.commit": git_commit(paths.root), "stage": "train"})
-        mlflow.log_params({f"maskdet.{k}": v for k, v in flatten({"train": train, "model": model, "augment": params["augment"]}).items()})
+        mlflow.set_tags({"data.version": data_version(paths, processed), "git.commit": _git_commit(paths.root), "stage": "train"})
+        mlflow.log_params({f"maskdet.{k}": v for k, v in _flatten({"train": train, "model": model, "augment": params["augment"]}).items()})
         detector_weights = finetune_detector(processed / "dataset.yaml", paths.resolve(params["inputs"]["weights"]),
                                              train["detector"], params["augment"], paths.runs / "detector")
         images = {split: load_split(processed, split) for split in ("train", "val")}
@@ -221,7 +220,7 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
         detector = MaskDetector(output)
         photos = {split: [image for image in images[split] if image.kind == "scene"] for split in images}
         if model["box_calibration"]:
-            config["box_calibration"] = fit_box_calibration(*matched_boxes(detector, photos["train"][: train["calibration_images"]]))
+            config["box_calibration"] = fit_box_calibration(*_matched_boxes(detector, photos["train"][: train["calibration_images"]]))
             detector.config = config
         val_metrics = class_metrics(evaluate_model(detector, photos["val"]))
         config["thresholds"] = {c: round(m["threshold"], 4) for c, m in val_metrics.items()}

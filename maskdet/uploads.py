@@ -18,28 +18,27 @@ from .detections import Detections
 from .readers import load_rgb
 
 # %% auto #0
-__all__ = ['ACCEPTED_FORMATS', 'REDUCIBLE', 'MIN_SIDE', 'DETAIL', 'SEND', 'HEIF', 'SIGNATURES', 'BRANDS', 'claimed_format',
-           'ServiceError', 'ImageError', 'opened_image', 'reduction', 'reduce_decoding', 'Upload', 'open_upload',
-           'decode_upload', 'boxes_in']
+__all__ = ['ACCEPTED_FORMATS', 'MIN_SIDE', 'SEND', 'SIGNATURES', 'ServiceError', 'ImageError', 'reduce_decoding', 'Upload',
+           'open_upload', 'decode_upload', 'boxes_in']
 
 # %% ../nbs/11_uploads.ipynb #e33bf047
 ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "AVIF", "BMP")
-REDUCIBLE = ("JPEG", "MPO")  # formats that decode straight at 1/2, 1/4 or 1/8 of their size
+_REDUCIBLE = ("JPEG", "MPO")  # formats that decode straight at 1/2, 1/4 or 1/8 of their size
 MIN_SIDE = 8
-DETAIL = 2  # a decoded image keeps its longest side at least this many times the detector's largest input
+_DETAIL = 2  # a decoded image keeps its longest side at least this many times the detector's largest input
 SEND = "send a JPEG, PNG, WebP, AVIF or BMP image"
-HEIF = "HEIC/HEIF images (what iPhones save by default) are not read by this service: convert the photo to JPEG and send it again"
+_HEIF = "HEIC/HEIF images (what iPhones save by default) are not read by this service: convert the photo to JPEG and send it again"
 
 SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP"}
-BRANDS = {b"avif": "AVIF", b"avis": "AVIF", **dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"), "HEIF")}
+_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", **dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"), "HEIF")}
 
 # %% ../nbs/11_uploads.ipynb #83aaa7a1
-def claimed_format(data: bytes) -> str | None:
+def _claimed_format(data: bytes) -> str | None:
     "The format whose signature the file starts with, if any (what it claims to be); AVIF and HEIF by their brand."
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     if data[4:8] == b"ftyp":
-        return BRANDS.get(data[8:12])
+        return _BRANDS.get(data[8:12])
     return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
 class ServiceError(Exception):
@@ -52,7 +51,7 @@ class ImageError(ServiceError):
     "An upload the service cannot use (4xx)."
 
 # %% ../nbs/11_uploads.ipynb #0471a4b9
-def opened_image(data: bytes, max_pixels: int, input_size: int) -> Image.Image:
+def _opened_image(data: bytes, max_pixels: int, input_size: int) -> Image.Image:
     "The upload opened (not decoded) after checking its format, frame count, pixel count and shape (`input_size`: the detector's largest input)."
     if not data:
         raise ImageError(400, f"the uploaded file is empty: {SEND}")
@@ -63,9 +62,9 @@ def opened_image(data: bytes, max_pixels: int, input_size: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageError(413, f"image too large to decode, over the limit of {max_pixels:,} pixels: downscale it and send it again") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        claimed = claimed_format(data)
+        claimed = _claimed_format(data)
         if claimed == "HEIF":
-            raise ImageError(415, HEIF) from None
+            raise ImageError(415, _HEIF) from None
         if claimed:
             raise ImageError(422, f"the file starts like a {claimed} image but cannot be read (corrupt, or 0x0 pixels): "
                                   "send a complete, valid image") from None
@@ -86,14 +85,14 @@ def opened_image(data: bytes, max_pixels: int, input_size: int) -> Image.Image:
     return image
 
 # %% ../nbs/11_uploads.ipynb #3c7b4df9
-def reduction(size: tuple[int, int], side: int) -> int:
+def _reduction(size: tuple[int, int], side: int) -> int:
     "The largest of 8, 4, 2 and 1 that the longest side of `size` (width, height) can be divided by and stay at least `side`."
     return next(s for s in (8, 4, 2, 1) if max(size) >= s * side or s == 1)
 
 def reduce_decoding(image: Image.Image, side: int) -> Image.Image:
-    "`image` (opened) set to decode `reduction` times smaller, if it is a JPEG (other formats are reduced once decoded)."
-    scale = reduction(image.size, side)
-    if image.format in REDUCIBLE and scale > 1:
+    "`image` (opened) set to decode `_reduction` times smaller, if it is a JPEG (other formats are reduced once decoded)."
+    scale = _reduction(image.size, side)
+    if image.format in _REDUCIBLE and scale > 1:
         image.draft(image.mode, (image.width // scale, image.height // scale))
     return image
 
@@ -111,16 +110,16 @@ class Upload:
         return self.image.width * self.image.height
 
 def open_upload(data: bytes, max_pixels: int, input_size: int) -> Upload:
-    "An upload opened and checked (`opened_image`), to be decoded with at least `DETAIL` times the detector's `input_size` on its longest side."
-    image = opened_image(data, max_pixels, input_size)
-    size, side = image.size, DETAIL * input_size
+    "An upload opened and checked (`_opened_image`), to be decoded with at least `_DETAIL` times the detector's `input_size` on its longest side."
+    image = _opened_image(data, max_pixels, input_size)
+    size, side = image.size, _DETAIL * input_size
     return Upload(data, reduce_decoding(image, side), size, side)
 
 # %% ../nbs/11_uploads.ipynb #4a174bbd
 def decode_upload(upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
-    "The upload as an RGB uint8 array, `reduction` times smaller, and the (width, height) of the image as sent, EXIF orientation applied to both; `ImageError` if its data is corrupt."
+    "The upload as an RGB uint8 array, `_reduction` times smaller, and the (width, height) of the image as sent, EXIF orientation applied to both; `ImageError` if its data is corrupt."
     try:
-        if upload.image.format in REDUCIBLE:
+        if upload.image.format in _REDUCIBLE:
             upload.image.load()
             rgb = np.asarray(ImageOps.exif_transpose(upload.image).convert("RGB"))
         else:
@@ -131,7 +130,7 @@ def decode_upload(upload: Upload) -> tuple[np.ndarray, tuple[int, int]]:
         upload.image.close()  # its pixels are in `rgb` now
     height, width = rgb.shape[:2]
     size = upload.size if (width, height) == upload.image.size else upload.size[::-1]  # else EXIF turned it a quarter
-    scale = reduction((width, height), upload.side)
+    scale = _reduction((width, height), upload.side)
     if scale > 1:  # a format that cannot decode at reduced size: reduced now
         rgb = cv2.resize(rgb, (math.ceil(width / scale), math.ceil(height / scale)), interpolation=cv2.INTER_AREA)
     return rgb, size

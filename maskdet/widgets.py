@@ -33,17 +33,16 @@ from .predictions import jpeg_bytes
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MESSAGE_COLOURS', 'CAMERA', 'message_html', 'message', 'table_html', 'decoded_image', 'jpeg_data_url',
-           'png_bytes', 'folder_models', 'tracking_uri', 'registry_models', 'model_choices', 'ModelPicker',
+__all__ = ['log', 'CAMERA', 'message_html', 'message', 'table_html', 'decoded_image', 'png_bytes', 'model_choices', 'ModelPicker',
            'compliance_counts', 'compliance_text', 'Camera']
 
 # %% ../nbs/12_widgets.ipynb #7bb86939
-MESSAGE_COLOURS = {"info": ("#0b4f8a", "#e8f1fb"), "warning": ("#7a4b00", "#fff4de"), "error": ("#8a1020", "#fde8ea"),
+_MESSAGE_COLOURS = {"info": ("#0b4f8a", "#e8f1fb"), "warning": ("#7a4b00", "#fff4de"), "error": ("#8a1020", "#fde8ea"),
                    "ok": ("#1d5e20", "#e7f6e8")}
 
 def message_html(text: str, kind: str = "info") -> str:
     "`text` as a coloured, escaped HTML line (`kind`: info, warning, error or ok)."
-    fg, bg = MESSAGE_COLOURS[kind]
+    fg, bg = _MESSAGE_COLOURS[kind]
     return (f'<div class="maskdet-message maskdet-{kind}" style="color:{fg};background:{bg};padding:6px 10px;'
             f'border-radius:4px;margin:4px 0">{html.escape(str(text))}</div>')
 
@@ -69,7 +68,7 @@ def decoded_image(data: bytes | memoryview | str) -> np.ndarray:
         raise ValueError("the data is not a readable image")
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
 
-def jpeg_data_url(rgb: np.ndarray, quality: int = 85) -> str:
+def _jpeg_data_url(rgb: np.ndarray, quality: int = 85) -> str:
     "An RGB array as a JPEG data URL, as the browser's `canvas.toDataURL` makes them."
     return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(rgb, quality)).decode()
 
@@ -82,7 +81,7 @@ def png_bytes(figure) -> bytes:
     return buffer.getvalue()
 
 # %% ../nbs/12_widgets.ipynb #599125f9
-def folder_models(settings: Settings) -> list[Path]:
+def _folder_models(settings: Settings) -> list[Path]:
     "The model files of the models folder: the file `MASKDET_MODEL` names, then each of `MODEL_FILES` that exists beside it or in it."
     if settings.model.startswith(("models:/", "runs:/")):
         path = project_paths().models
@@ -92,12 +91,12 @@ def folder_models(settings: Settings) -> list[Path]:
     found = [path, *(folder / name for name in MODEL_FILES)]
     return list(dict.fromkeys(p for p in found if p.is_file()))
 
-def tracking_uri() -> str:
+def _tracking_uri() -> str:
     "The MLflow store the dashboards list the registry of: `MLFLOW_TRACKING_URI`, else the project's."
     return os.environ.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri()
 
 # %% ../nbs/12_widgets.ipynb #a3ffcd29
-def registry_models(uri: str, versions: int = 5) -> list[str]:
+def _registry_models(uri: str, versions: int = 5) -> list[str]:
     "The registry's models as `models:/<name>@<alias>` and `models:/<name>/<version>` (the latest `versions`); empty when there are none or the store cannot be read."
     if importlib.util.find_spec("mlflow") is None:  # an install without the registry (the dashboard image)
         return []
@@ -121,8 +120,8 @@ def registry_models(uri: str, versions: int = 5) -> list[str]:
 def model_choices(settings: Settings) -> list[tuple[str, str]]:
     "The models a dashboard may load, as (label, value) pairs: the configured one first, the models folder's, the registry's."
     root = project_paths().root
-    local = [(str(p.relative_to(root)) if p.is_relative_to(root) else str(p), str(p)) for p in folder_models(settings)]
-    registered = [(uri, uri) for uri in registry_models(tracking_uri())]
+    local = [(str(p.relative_to(root)) if p.is_relative_to(root) else str(p), str(p)) for p in _folder_models(settings)]
+    registered = [(uri, uri) for uri in _registry_models(_tracking_uri())]
     if settings.model.startswith(("models:/", "runs:/")):
         return [(settings.model, settings.model), *(c for c in registered if c[1] != settings.model), *local]
     return local + registered
