@@ -24,7 +24,8 @@ from .core import CLASSES, ModelError, Settings
 from .faces import detector_sizes
 from .inference import Detector
 from .middleware import SEND_KEY, ApiKeys, BodyLimit, InferenceGate, LogCollector, RequestContext, ServiceMetrics
-from .predictions import LogWriter, PredictionLog, prediction_row
+from .log_writer import LogWriter
+from .predictions import PredictionLog, prediction_row
 from .uploads import SEND, ImageError, ServiceError, Upload, boxes_in, decode_upload, open_upload
 
 log = logging.getLogger(__name__)

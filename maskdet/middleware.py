@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .core import CLASSES
 from .detections import Detections, compliance_rate
-from .predictions import LogWriter
+from .log_writer import LogWriter
 from .uploads import ServiceError
 
 # %% auto #0

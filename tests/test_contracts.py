@@ -6,8 +6,8 @@ import re
 import pytest
 import yaml
 
-from maskdet.cli import notebook_parameters, stage_sections
 from maskdet.core import project_paths
+from maskdet.stages import notebook_parameters, stage_sections
 
 PATHS = project_paths()
 LIBRARY = PATHS.root / "maskdet"

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from conftest import fill, wait_until
 
-from maskdet import predictions
+from maskdet import log_writer
 from maskdet.detections import Detections
-from maskdet.predictions import LogWriter, PredictionLog, log_time, prediction_row
+from maskdet.log_writer import LogWriter
+from maskdet.predictions import PredictionLog, log_time, prediction_row
 from maskdet.readers import load_rgb
 
 
@@ -145,7 +146,7 @@ def test_prune_deletes_old_rows_and_their_images(tmp_path, row):
 
 
 def test_writer_applies_the_retention(tmp_path, row, monkeypatch):
-    monkeypatch.setattr(predictions, "RETENTION_INTERVAL_S", 0.5)
+    monkeypatch.setattr(log_writer, "RETENTION_INTERVAL_S", 0.5)
     log = PredictionLog(tmp_path / "predictions.db")
     log.append([aged(row, 40, "old"), aged(row, 10, "recent")])
     writer = LogWriter(log, capacity=10, retention_days=30)
@@ -162,7 +163,8 @@ CHILD = textwrap.dedent("""
     import numpy as np
     from maskdet.readers import load_rgb
     from maskdet.detections import Detections
-    from maskdet.predictions import LogWriter, PredictionLog, prediction_row, utc_now
+    from maskdet.log_writer import LogWriter
+    from maskdet.predictions import PredictionLog, prediction_row, utc_now
 
     writer = LogWriter(PredictionLog(sys.argv[1]), capacity=1000, retention_days=30)
     row = prediction_row(np.asarray(load_rgb(sys.argv[2])), Detections.empty(), 9.0, store_image=True)
