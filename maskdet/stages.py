@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 from .core import ProjectPaths, load_params, setup_runtime
@@ -36,7 +37,7 @@ def stage_sections(name: str, paths: ProjectPaths) -> list[str]:
     return [p for p in notebook_parameters(notebook) if p in sections]
 
 def run_stage(name: str, paths: ProjectPaths) -> Path:
-    "Execute `nbs/pipeline/<name>.ipynb` into `reports/<name>.ipynb` with its `params.yaml` sections."
+    "Execute `nbs/pipeline/<name>.ipynb` into `reports/<name>.ipynb` with its `params.yaml` sections; what its cells print and log shows as they run."
     import papermill
     params = load_params(paths=paths)
     sections = stage_sections(name, paths)
@@ -45,7 +46,8 @@ def run_stage(name: str, paths: ProjectPaths) -> Path:
     try:
         papermill.execute_notebook(paths.root / "nbs" / "pipeline" / f"{name}.ipynb", report, cwd=paths.root,
                                    parameters={s: params[s] for s in sections},
-                                   kernel_name="python3", language="python", progress_bar=False)
+                                   kernel_name="python3", language="python", progress_bar=False,
+                                   stdout_file=sys.stdout, stderr_file=sys.stderr)
     except papermill.PapermillExecutionError as error:
         raise UserError(f"{error.ename}: {error.evalue} (see the failing cell in {report})") from None
     return report

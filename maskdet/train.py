@@ -5,6 +5,7 @@
 # %% ../nbs/06_train.ipynb #c1c96243
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -29,9 +30,11 @@ from maskdet.model import (
 )
 from .prepare import LabelledImage, load_split
 
+_log = logging.getLogger("maskdet.train")
+
 # %% auto #0
 __all__ = ['finetune_detector', 'FaceCrops', 'train_classifier', 'train_ensemble', 'train_mask_classifier', 'data_version',
-           'environment', 'train_model', 'draw_trials', 'tune_classifier']
+           'environment', 'classifier_epochs', 'tracked_epochs', 'train_model', 'draw_trials', 'tune_classifier']
 
 # %% ../nbs/06_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
@@ -197,6 +200,20 @@ def environment(**values: str):
             else:
                 os.environ[key] = value
 
+# %% ../nbs/06_train.ipynb #772e926f
+def classifier_epochs(settings: dict) -> int:
+    "How many epochs the classifier's training runs in all: each member's, and the student's when distilled."
+    return settings["epochs"] * (settings["members"] + bool(settings["distil"]))
+
+def tracked_epochs(total: int):
+    "A `log(metrics, step)` that records each classifier epoch in the active MLflow run and says it on the log."
+    import mlflow
+    def logged(metrics: dict, step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+        _log.info("classifier epoch %d/%d: loss %.4f, val accuracy %.4f", step + 1, total,
+                  metrics["classifier/loss"], metrics["classifier/val_accuracy"])
+    return logged
+
 # %% ../nbs/06_train.ipynb #cafe003e
 def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path, run_name: str = "train") -> str:
     "Train detector and classifier, choose thresholds, write `output` (best.pt); returns the MLflow run id."
@@ -214,7 +231,7 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
         images = {split: load_split(processed, split) for split in ("train", "val")}
         faces = {split: FaceCrops(images[split], model["crop_size"], model["margin"]) for split in images}
         classifier = train_mask_classifier(faces["train"], faces["val"], paths.resolve(train["backbone"]), train["classifier"],
-                                    log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
+                                    log=tracked_epochs(classifier_epochs(train["classifier"])))
         config = default_config(model)
         save_checkpoint(detector_weights, classifier, config, output)
         detector = MaskDetector(output)
@@ -261,7 +278,7 @@ def tune_classifier(paths: ProjectPaths, params: dict, processed: Path, checkpoi
         with mlflow.start_run(run_name=f"trial-{number}"):
             mlflow.log_params({f"classifier.{k}": v for k, v in settings.items()})
             detector.classifier = train_classifier(faces["train"], faces["val"], paths.resolve(params["train"]["backbone"]), settings,
-                                                   log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
+                                                   log=tracked_epochs(settings["epochs"]))
             classified = [detector.classify_faces(pixels, boxes, face_conf) for pixels, boxes, face_conf in found]
             per_class = class_metrics(score_faces(classified, images["val"], detector.config["detector_conf"]))
             score = summary_metrics(per_class)["mAP50"]

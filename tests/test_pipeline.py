@@ -46,6 +46,9 @@ def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
     copy, done = pipeline
     for stage in ("prepare", "train", "evaluate", "register", "export"):
         assert f"Running stage '{stage}'" in done.stdout
+    # the stages say what they do while they run: each classifier epoch of the 2 x (3 members + the student)
+    epochs = re.findall(r"classifier epoch (\d+)/8: loss", done.stdout + done.stderr)
+    assert epochs == [str(n) for n in range(1, 9)], epochs
     metrics = json.loads((copy / "reports" / "metrics.json").read_text())
     assert {"mAP50", "mAP50_95", "mAP50_top1", "precision", "recall", "per_class"} <= set(metrics)
     assert set(metrics["per_class"]) == set(CLASSES)
