@@ -118,7 +118,7 @@ def _drift_panel(reports: Path) -> W.Widget:
     "The latest drift verdict, its drifted columns, the alerts and the evidently report (on demand)."
     decision = _read_json(Path(reports) / "drift.json")
     if not decision or "status" not in decision:
-        return W.VBox([message("no drift report yet: run `maskdet drift` (or the drift stage of `dvc repro`)")])
+        return W.VBox([message("no drift report yet: run `maskdet drift`")])
     kind = {"drift": "error", "no drift": "ok"}.get(decision["status"], "warning")
     verdict = message_html(f"{decision['status']} — checked {decision.get('time', '?')}", kind)
     parts = [W.HTML(f'<div class="maskdet-drift-verdict">{verdict}</div>'),
