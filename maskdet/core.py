@@ -248,20 +248,22 @@ class Settings:
     media_dir: str = "media"                      # the only folder whose video files the webcam dashboard may open
     video_sources: str = "0"                      # other video sources it may open, comma-separated: device indexes, rtsp:// URLs
 
-    @classmethod
-    def from_env(cls, environ: dict | None = None) -> Settings:
-        "Settings from `environ` (default: the process environment); unknown values are a clear error."
-        environ = os.environ if environ is None else environ
-        values = {}
-        for name, field_type in ((f.name, type(f.default)) for f in fields(cls)):
-            raw = environ.get(f"MASKDET_{name.upper()}")
-            if raw is None:
-                continue
-            try:
-                values[name] = raw.strip().lower() in ("1", "true", "yes", "on") if field_type is bool else field_type(raw)
-            except ValueError:
-                raise ValueError(f"MASKDET_{name.upper()}={raw!r} is not a valid {field_type.__name__}") from None
-        return cls(**values)
+
+# %% ../nbs/00_core.ipynb #a9450592
+@patch(cls_method=True)
+def from_env(cls: Settings, environ: dict | None = None) -> Settings:
+    "Settings from `environ` (default: the process environment); unknown values are a clear error."
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name, field_type in ((f.name, type(f.default)) for f in fields(cls)):
+        raw = environ.get(f"MASKDET_{name.upper()}")
+        if raw is None:
+            continue
+        try:
+            values[name] = raw.strip().lower() in ("1", "true", "yes", "on") if field_type is bool else field_type(raw)
+        except ValueError:
+            raise ValueError(f"MASKDET_{name.upper()}={raw!r} is not a valid {field_type.__name__}") from None
+    return cls(**values)
 
 # %% ../nbs/00_core.ipynb #99a78032
 @patch
