@@ -44,7 +44,7 @@ from PIL import Image
 import maskdet.faces
 from maskdet.core import configure_ultralytics, load_params, setup_runtime
 from maskdet.evaluate import class_metrics, evaluate_model, summary_metrics
-from maskdet.inference import Detector
+from maskdet.inference import Detector, find_model
 from maskdet.prepare import LabelledImage, load_split
 
 ULTRALYTICS = "ultralytics .pt predict"
@@ -187,7 +187,9 @@ def model_files(models: Path, bf16: bool) -> dict[str, tuple[Path, str, str]]:
         "openvino bf16": (fp32, "openvino", "bf16"),
         "openvino int8": (int8, "openvino", "f32"),
     }
-    return {name: spec for name, spec in files.items() if bf16 or name != "openvino bf16"}
+    # the export stage keeps the INT8 model only when it is about as accurate as fp32 (export.int8_max_map_drop)
+    kept = {name: spec for name, spec in files.items() if name != "openvino int8" or int8.is_file()}
+    return {name: spec for name, spec in kept.items() if bf16 or name != "openvino bf16"}
 
 
 def ultralytics_variant(paths) -> Variant:
@@ -264,9 +266,9 @@ def stage_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def header(groups: dict, runs: int, files: dict, bf16: bool) -> dict:
+def header(groups: dict, runs: int, models: Path, bf16: bool) -> dict:
     "What was measured, where and when."
-    served = files["openvino int8"][0]
+    served = find_model(models)
     return {
         "date": datetime.now().isoformat(timespec="minutes"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -281,6 +283,8 @@ def describe(info: dict) -> str:
     "The header as text above the tables."
     groups = "; ".join(f"{name}: {len(faces)} photos" for name, faces in info["groups"].items())
     bf16 = "" if info["bf16"] else " openvino bf16 skipped: this CPU lacks bf16."
+    if "int8" not in info["served_model"]:
+        bf16 += " No INT8 model: the export stage dropped it (less accurate than fp32 beyond export.int8_max_map_drop)."
     return (
         f"maskdet latency per photo, end to end (JPEG decode + predict), {info['date']}, {info['machine']}; "
         f"real test photos ({groups}), {info['runs']} timed rounds per group, every variant in turn on each photo; "
@@ -311,7 +315,7 @@ def main():
     test = load_split(paths.processed, "test", published=True)
     groups = face_groups(test, args.images)
     photos = {name: [jpeg(image) for image in images] for name, images in groups.items()}
-    info = header(groups, args.runs, files, bf16)
+    info = header(groups, args.runs, args.models or paths.models, bf16)
     print(describe(info))
     clock, rows, accuracy = StageClock(), [], {}
     for threads in args.threads:
