@@ -18,7 +18,7 @@ from .detections import Detections
 from .evaluate import class_metrics, score_faces, summary_metrics
 from .model import MaskDetector, default_config
 from .prepare import LabelledImage, load_split
-from .train import FaceCrops, train_mask_classifier
+from .train import FaceCrops, train_mask_classifier, training_crops
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ def _scene_groups(processed: Path, images: list[LabelledImage]) -> np.ndarray:
 
 # %% ../nbs/06a_crossval.ipynb #95dcc11a
 def _held_out_faces(detector: MaskDetector, images: list[LabelledImage], found: list[tuple], folds: list[tuple],
-                   backbone: Path, settings: dict) -> list[tuple]:
-    "Each image's `found` faces (boxes, face confidences) with class probabilities from a classifier trained without its fold."
-    crop_size, margin = detector.config["crop_size"], detector.config["margin"]
+                   backbone: Path, train: dict) -> list[tuple]:
+    "Each image's `found` faces (boxes, face confidences) with class probabilities from a classifier trained without its fold (`train`: params.yaml's section)."
+    crop_size, margin, settings = detector.config["crop_size"], detector.config["margin"], train["classifier"]
     classified = [None] * len(images)
     for k, (training, held_out) in enumerate(folds):
-        faces = FaceCrops([images[i] for i in training], crop_size, margin)
-        log.info("fold %d of %d: training on %d faces of %d photos, %d photos held out", k + 1, len(folds), len(faces.faces),
+        faces = training_crops(detector, [images[i] for i in training], train["proposals"], settings["seed"])
+        log.info("fold %d of %d: training on %d faces of %d photos, %d photos held out", k + 1, len(folds), faces.annotated,
                  len(training), len(held_out))
         detector.classifier = train_mask_classifier(faces, FaceCrops([], crop_size, margin), backbone, settings)
         for i in held_out:
@@ -103,7 +103,7 @@ def cross_validate(paths: ProjectPaths, params: dict, processed: Path, checkpoin
     with mlflow.start_run(run_name=f"crossval-{len(folds)}"):
         mlflow.log_params({f"model.{k}": v for k, v in params["model"].items()} | {f"classifier.{k}": v for k, v in settings.items()}
                           | {f"crossval.{k}": v for k, v in params["crossval"].items()})
-        classified = _held_out_faces(detector, images, found, folds, paths.resolve(params["train"]["backbone"]), settings)
+        classified = _held_out_faces(detector, images, found, folds, paths.resolve(params["train"]["backbone"]), params["train"])
         rows = {f"fold {k}": _fold_scores([classified[i] for i in held_out], [images[i] for i in held_out], floor)
                 for k, (_, held_out) in enumerate(folds)}
         rows["all"] = _fold_scores(classified, images, floor)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from .core import CLASSES
 
 # %% auto #0
-__all__ = ['COLOURS', 'colour', 'compliance_rate', 'Detections', 'lowest_threshold', 'draw']
+__all__ = ['COLOURS', 'colour', 'compliance_rate', 'Detections', 'face_and_class', 'lowest_threshold', 'draw']
 
 # %% ../nbs/01_detections.ipynb #a3a05b62
 COLOURS = {"with_mask": (50, 205, 50), "without_mask": (255, 0, 0), "mask_weared_incorrect": (255, 165, 0)}  # RGB
@@ -70,11 +70,18 @@ class Detections:
         return [CLASSES[k] for k in self.labels]
 
 # %% ../nbs/01_detections.ipynb #35c7952c
+def face_and_class(face_conf: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Face confidences (N,) and class probabilities (N, 3) from the detector's face confidences and the classifier's probabilities, (N, 3) or (N, 4) whose last is 'no face'."
+    face_conf, probabilities = np.asarray(face_conf, float).reshape(-1), np.asarray(probabilities, float)
+    if probabilities.ndim == 2 and probabilities.shape[1] == len(CLASSES) + 1:
+        face = 1 - probabilities[:, -1]
+        return face_conf * face, probabilities[:, :-1] / np.maximum(face, 1e-12)[:, None]
+    return face_conf, probabilities.reshape(-1, len(CLASSES))
+
 @patch(cls_method=True)
 def from_faces(cls: Detections, boxes: np.ndarray, face_conf: np.ndarray, probabilities: np.ndarray) -> Detections:
-    "Faces (boxes, face confidences, class probabilities (N, 3)) as detections: each its most probable label, confidence face x class probability."
-    probabilities = np.asarray(probabilities, float).reshape(-1, len(CLASSES))
-    face_conf = np.asarray(face_conf, float).reshape(-1)
+    "Faces (boxes, detector face confidences, classifier probabilities, see `face_and_class`) as detections: each its most probable label, confidence face x class probability."
+    face_conf, probabilities = face_and_class(face_conf, probabilities)
     return cls(boxes, face_conf * probabilities.max(axis=1, initial=0), probabilities.argmax(axis=1) if len(face_conf) else [],
                       probabilities, face_conf)
 

@@ -150,7 +150,7 @@ class Backend(ABC):
 
     @abstractmethod
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
-        "Class probabilities (N, 3) of face crops (N, 3, size, size)."
+        "Class probabilities (N, 3, or 4 with \"no face\") of face crops (N, 3, size, size)."
 
     def faces_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         "Calibrated face boxes (N, 4) and face confidences (N,) of each RGB image (`detect_faces`)."

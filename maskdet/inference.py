@@ -209,7 +209,7 @@ class ExportedModel(Backend):
         return self.detector(batch)
 
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
-        "Class probabilities (N, 3) of face crops."
+        "Class probabilities (N, 3, or 4 with \"no face\") of face crops."
         if not len(crops):
             return np.zeros((0, len(CLASSES)), np.float32)
         logits = self.classifier(crops)

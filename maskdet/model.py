@@ -20,7 +20,7 @@ from .core import CLASSES, ModelError, ProjectPaths, load_params, project_paths
 from .faces import Backend, as_tensor
 
 # %% auto #0
-__all__ = ['RETRAIN', 'MODEL_KEY', 'FILE_FORMAT', 'detector_classes', 'refusal', 'read_checkpoint', 'CropClassifier',
+__all__ = ['RETRAIN', 'NO_FACE', 'MODEL_KEY', 'FILE_FORMAT', 'detector_classes', 'refusal', 'read_checkpoint', 'CropClassifier',
            'MaskClassifier', 'ClassifierEnsemble', 'build_classifier', 'MaskDetector', 'save_checkpoint',
            'load_checkpoint', 'default_config', 'starting_checkpoint']
 
@@ -86,24 +86,26 @@ def _yolov8_backbone(scale: str) -> nn.Sequential:
     with torch.random.fork_rng(devices=[]):  # its weights are replaced: the caller's random numbers stay as they were
         return nn.Sequential(*DetectionModel(f"yolov8{scale}.yaml", verbose=False).model[:_BACKBONE_LAYERS])
 
+NO_FACE = len(CLASSES)  # the index of a four-output classifier's last output: the crop holds no face
+
 class CropClassifier(nn.Module):
-    "A module mapping face crops (N, 3, size, size) to class scores (N, 3), softmax giving the probabilities; `architecture()` describes it."
+    "A module mapping face crops (N, 3, size, size) to class scores (N, 3, or 4 with `NO_FACE`), softmax giving the probabilities; `architecture()` describes it."
     @torch.no_grad()
     def probabilities(self, crops: np.ndarray, batch: int = 256) -> np.ndarray:
-        "Class probabilities (N, 3) of face crops from `crop_faces`."
+        "Class probabilities (N, 3 or 4) of face crops from `crop_faces`."
         self.eval()
         parts = [F.softmax(self(torch.from_numpy(crops[i:i + batch])), dim=1).numpy() for i in range(0, len(crops), batch)]
         return np.concatenate(parts) if parts else np.zeros((0, len(CLASSES)), np.float32)
 
 # %% ../nbs/04_model.ipynb #609fb3c6
 class MaskClassifier(CropClassifier):
-    "Three-class face classifier: the backbone of a YOLOv8 of `scale`, global average pooling, dropout and a linear head."
-    def __init__(self, scale: str = "n", dropout: float = 0.2):
+    "Face classifier with `outputs` classes (3, or 4 with `NO_FACE`): the backbone of a YOLOv8 of `scale`, global average pooling, dropout and a linear head."
+    def __init__(self, scale: str = "n", dropout: float = 0.2, outputs: int = len(CLASSES)):
         super().__init__()
         self.scale, self.backbone = scale, _yolov8_backbone(scale)
         with torch.no_grad():
             channels = self.backbone(torch.zeros(1, 3, 64, 64)).shape[1]
-        self.dropout, self.head = nn.Dropout(dropout), nn.Linear(channels, len(CLASSES))
+        self.dropout, self.head = nn.Dropout(dropout), nn.Linear(channels, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = F.adaptive_avg_pool2d(self.backbone(x), 1).flatten(1)
@@ -111,10 +113,10 @@ class MaskClassifier(CropClassifier):
 
     def architecture(self) -> dict:
         "What builds this classifier again (`build_classifier`), in plain Python values."
-        return {"kind": "MaskClassifier", "scale": self.scale, "dropout": self.dropout.p}
+        return {"kind": "MaskClassifier", "scale": self.scale, "dropout": self.dropout.p, "outputs": self.head.out_features}
 
     @classmethod
-    def from_yolo(cls, weights: Path | str, dropout: float = 0.2) -> MaskClassifier:
+    def from_yolo(cls, weights: Path | str, dropout: float = 0.2, outputs: int = len(CLASSES)) -> MaskClassifier:
         "A classifier whose backbone starts from the first ten layers of a YOLOv8 checkpoint."
         remedy = "name a YOLOv8 checkpoint (inputs.weights and train.backbone in params.yaml)"
         network = read_checkpoint(weights, remedy)["model"]
@@ -122,7 +124,7 @@ class MaskClassifier(CropClassifier):
         not_yolov8 = ModelError(f"{weights} holds no YOLOv8 backbone: {remedy}")
         if scale not in _YOLOV8_SCALES:
             raise not_yolov8
-        classifier = cls(scale, dropout)
+        classifier = cls(scale, dropout, outputs)
         try:
             classifier.backbone.load_state_dict(nn.Sequential(*network.model[:_BACKBONE_LAYERS]).float().state_dict())
         except RuntimeError:
@@ -146,12 +148,12 @@ class ClassifierEnsemble(CropClassifier):
         return {"kind": "ClassifierEnsemble", "flip": bool(self.flip), "members": [m.architecture() for m in self.members]}
 
 def build_classifier(architecture: dict) -> CropClassifier:
-    "An untrained classifier as `architecture` (from `architecture()`) describes it."
+    "An untrained classifier as `architecture` (from `architecture()`) describes it (one saved before there were four outputs: three)."
     kind = architecture.get("kind")
     if kind == "ClassifierEnsemble":
         return ClassifierEnsemble([build_classifier(m) for m in architecture["members"]], bool(architecture["flip"]))
     if kind == "MaskClassifier":
-        return MaskClassifier(architecture["scale"], float(architecture["dropout"]))
+        return MaskClassifier(architecture["scale"], float(architecture["dropout"]), int(architecture.get("outputs", len(CLASSES))))
     raise ValueError(f"unknown classifier kind {kind!r}")
 
 # %% ../nbs/04_model.ipynb #b756547f
@@ -170,7 +172,7 @@ class MaskDetector(Backend):
         return self.network(torch.from_numpy(as_tensor(batch)))[0].numpy()
 
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
-        "Class probabilities (N, 3) of face crops."
+        "Class probabilities (N, 3, or 4 with \"no face\") of face crops."
         return self.classifier.probabilities(crops)
 
 # %% ../nbs/04_model.ipynb #50d526e9

@@ -10,6 +10,7 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from .core import CLASSES, ProjectPaths, mlflow_experiment
-from .evaluate import box_iou, class_metrics, evaluate_model, score_faces, summary_metrics
+from .evaluate import box_iou, class_metrics, evaluate_model, score_faces, summary_metrics, webcam_views
 from .faces import crop_faces, fit_box_calibration
 from maskdet.model import (
+    NO_FACE,
     ClassifierEnsemble,
     CropClassifier,
     MaskClassifier,
@@ -33,8 +35,9 @@ from .prepare import LabelledImage, load_split
 _log = logging.getLogger("maskdet.train")
 
 # %% auto #0
-__all__ = ['finetune_detector', 'FaceCrops', 'train_classifier', 'train_ensemble', 'train_mask_classifier', 'data_version',
-           'environment', 'classifier_epochs', 'tracked_epochs', 'train_model', 'draw_trials', 'tune_classifier']
+__all__ = ['finetune_detector', 'FaceCrops', 'train_classifier', 'train_ensemble', 'train_mask_classifier', 'Frame',
+           'label_proposals', 'training_crops', 'data_version', 'environment', 'classifier_epochs', 'tracked_epochs',
+           'train_model', 'draw_trials', 'tune_classifier']
 
 # %% ../nbs/06_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
@@ -49,13 +52,19 @@ def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment
 
 # %% ../nbs/06_train.ipynb #180c3445
 class FaceCrops:
-    "Every annotated face of a split, for drawing training batches of augmented crops."
-    def __init__(self, images: list[LabelledImage], crop_size: int, margin: float):
+    "The faces of `images` (anything with `rgb()`, `boxes`, `labels`), for drawing training batches of augmented crops; `annotated` (default: all) of them are annotated faces, which set an epoch's length."
+    def __init__(self, images: list[LabelledImage], crop_size: int, margin: float, annotated: int | None = None):
         self.images = images
         self.faces = [(i, j) for i, image in enumerate(images) for j in range(len(image.labels))]
         self.labels = np.array([images[i].labels[j] for i, j in self.faces], dtype=int)
         self.crop_size, self.margin = crop_size, margin
+        self.annotated = len(self.faces) if annotated is None else annotated
         self._pixels = {}
+
+    @property
+    def outputs(self) -> int:
+        "How many outputs a classifier of these crops has: the three classes, and `NO_FACE` when some crop holds no face."
+        return len(CLASSES) + bool((self.labels == NO_FACE).any())
 
     def pixels(self, i: int) -> np.ndarray:
         if i not in self._pixels:
@@ -64,7 +73,7 @@ class FaceCrops:
 
     def sampling_weights(self, balance: float) -> np.ndarray:
         "Draw probabilities: `balance` of the mass spread evenly over the classes, the rest over the faces."
-        counts = np.bincount(self.labels, minlength=len(CLASSES)).astype(float)
+        counts = np.bincount(self.labels, minlength=NO_FACE + 1).astype(float)
         per_class = balance / (np.count_nonzero(counts) * np.maximum(counts, 1))
         weights = per_class[self.labels] + (1 - balance) / len(self.labels)
         return weights / weights.sum()
@@ -94,15 +103,15 @@ def _crop_accuracy(classifier: CropClassifier, faces: FaceCrops) -> float:
         return float("nan")
     crops = np.concatenate([crop_faces(faces.pixels(i), faces.images[i].boxes, faces.crop_size, faces.margin)
                             for i in range(len(faces.images)) if len(faces.images[i].labels)])
-    return float((classifier.probabilities(crops).argmax(axis=1) == faces.labels).mean())
+    return float((classifier.probabilities(crops)[:, :len(CLASSES)].argmax(axis=1) == faces.labels).mean())
 
 def train_classifier(train: FaceCrops, val: FaceCrops, backbone: Path, settings: dict, log=lambda metrics, step: None,
                      teacher: CropClassifier | None = None) -> MaskClassifier:
     "Train the mask classifier on face crops (and, given a `teacher`, on its probabilities by `settings['distil']`); `log(metrics, epoch)` receives each epoch's loss and val accuracy."
     torch.manual_seed(settings["seed"])
     rng = np.random.default_rng(settings["seed"])
-    classifier = MaskClassifier.from_yolo(backbone, settings["dropout"])
-    steps = max(1, len(train.faces) // settings["batch"])
+    classifier = MaskClassifier.from_yolo(backbone, settings["dropout"], train.outputs)
+    steps = max(1, train.annotated // settings["batch"])
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings["lr"], total_steps=settings["epochs"] * steps)
     draw = train.sampling_weights(settings["balance"])
@@ -138,6 +147,44 @@ def train_mask_classifier(train: FaceCrops, val: FaceCrops, backbone: Path, sett
     after = settings["members"] * settings["epochs"]
     return train_classifier(train, val, backbone, settings | {"seed": settings["seed"] + settings["members"]},
                             log=lambda metrics, epoch: log(metrics, after + epoch), teacher=ensemble)
+
+# %% ../nbs/06_train.ipynb #a1f0c002
+@dataclass
+class Frame:
+    "A picture held in memory with its boxes (N, 4) and labels (N,), as `FaceCrops` reads one."
+    pixels: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+
+    def rgb(self) -> np.ndarray:
+        return self.pixels
+
+def label_proposals(found: np.ndarray, boxes: np.ndarray, labels: np.ndarray, face_iou: float, no_face_iou: float) -> tuple[np.ndarray, np.ndarray]:
+    "The detector's boxes `found` that train the classifier, with labels: the class of the annotated face a box overlaps by `face_iou`, `NO_FACE` where it overlaps every face by less than `no_face_iou`."
+    found = np.asarray(found, float).reshape(-1, 4)
+    iou = box_iou(found, boxes) if len(boxes) else np.zeros((len(found), 0))
+    best = iou.max(axis=1, initial=0)
+    matched = np.asarray(labels, int)[iou.argmax(axis=1)] if len(boxes) else np.full(len(found), NO_FACE)
+    keep = (best >= face_iou) | (best < no_face_iou)
+    return found[keep], np.where(best >= face_iou, matched, NO_FACE)[keep]
+
+# %% ../nbs/06_train.ipynb #a1f0c004
+def training_crops(detector: MaskDetector, images: list[LabelledImage], proposals: dict | None, seed: int = 0) -> FaceCrops:
+    "The crops the classifier learns from: the annotated faces of `images`; with `proposals` (train.proposals), also the detector's labelled boxes on their scene photos and on webcam close-ups of their faces."
+    size, margin = detector.config["crop_size"], detector.config["margin"]
+    if not proposals:
+        return FaceCrops(images, size, margin)
+    scenes = [image for image in images if image.kind == "scene"]
+    views = webcam_views(scenes, proposals["closeup_min_face"], seed=seed) if proposals["closeup_min_face"] else []
+    pictures = [(image.rgb(), image.boxes, image.labels) for image in scenes] + [(v["image"], v["boxes"], v["labels"]) for v in views]
+    frames = [image for image in images if image.kind != "scene"]  # a face picture's box is the whole picture: no proposals
+    for pixels, boxes, labels in pictures:
+        found, found_labels = label_proposals(detector.faces(pixels)[0], boxes, labels, proposals["face_iou"], proposals["no_face_iou"])
+        frames.append(Frame(pixels, np.r_[boxes.reshape(-1, 4), found], np.r_[labels, found_labels].astype(int)))
+    crops = FaceCrops(frames, size, margin, annotated=sum(len(image.labels) for image in images) + sum(len(v["labels"]) for v in views))
+    _log.info("classifier crops: %d annotated faces, %d detector boxes (%d no face) on %d photos and %d close-ups",
+              crops.annotated, len(crops.faces) - crops.annotated, int((crops.labels == NO_FACE).sum()), len(scenes), len(views))
+    return crops
 
 # %% ../nbs/06_train.ipynb #ee92144c
 def _matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple[np.ndarray, np.ndarray]:
@@ -228,20 +275,21 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
         mlflow.log_params({f"maskdet.{k}": v for k, v in _flatten({"train": train, "model": model, "augment": params["augment"]}).items()})
         detector_weights = finetune_detector(processed / "dataset.yaml", paths.resolve(params["inputs"]["weights"]),
                                              train["detector"], params["augment"], paths.runs / "detector")
-        images = {split: load_split(processed, split) for split in ("train", "val")}
-        faces = {split: FaceCrops(images[split], model["crop_size"], model["margin"]) for split in images}
-        classifier = train_mask_classifier(faces["train"], faces["val"], paths.resolve(train["backbone"]), train["classifier"],
-                                    log=tracked_epochs(classifier_epochs(train["classifier"])))
+        backbone = paths.resolve(train["backbone"])
         config = default_config(model)
-        save_checkpoint(detector_weights, classifier, config, output)
-        detector = MaskDetector(output)
+        detector = MaskDetector(save_checkpoint(detector_weights, MaskClassifier.from_yolo(backbone), config, output))
+        images = {split: load_split(processed, split) for split in ("train", "val")}
         photos = {split: [image for image in images[split] if image.kind == "scene"] for split in images}
         if model["box_calibration"]:
             config["box_calibration"] = fit_box_calibration(*_matched_boxes(detector, photos["train"][: train["calibration_images"]]))
             detector.config = config
+        detector.classifier = train_mask_classifier(
+            training_crops(detector, images["train"], train["proposals"], train["classifier"]["seed"]),
+            FaceCrops(images["val"], model["crop_size"], model["margin"]), backbone, train["classifier"],
+            log=tracked_epochs(classifier_epochs(train["classifier"])))
         val_metrics = class_metrics(evaluate_model(detector, photos["val"]))
         config["thresholds"] = {c: round(m["threshold"], 4) for c, m in val_metrics.items()}
-        save_checkpoint(detector_weights, classifier, config, output)
+        save_checkpoint(detector_weights, detector.classifier, config, output)
         mlflow.log_metrics({f"val/{c}/{k}": v for c, m in val_metrics.items() for k, v in m.items()}
                            | {"val/mAP50": summary_metrics(val_metrics)["mAP50"],
                               "train/minutes": (time.time() - started) / 60})
@@ -269,7 +317,8 @@ def tune_classifier(paths: ProjectPaths, params: dict, processed: Path, checkpoi
     model, tune = params["model"], params["tune"]
     detector = MaskDetector(checkpoint)
     images = {split: load_split(processed, split) for split in ("train", "val")}
-    faces = {split: FaceCrops(images[split], model["crop_size"], model["margin"]) for split in images}
+    learnt = training_crops(detector, images["train"], params["train"]["proposals"], params["train"]["classifier"]["seed"])
+    val = FaceCrops(images["val"], model["crop_size"], model["margin"])
     found = [(image.rgb(), *detector.faces(image.rgb())) for image in images["val"]]
     mlflow_experiment(f"{params['tracking']['experiment']}-tune", paths)
     rows = []
@@ -277,7 +326,7 @@ def tune_classifier(paths: ProjectPaths, params: dict, processed: Path, checkpoi
         settings = params["train"]["classifier"] | draw
         with mlflow.start_run(run_name=f"trial-{number}"):
             mlflow.log_params({f"classifier.{k}": v for k, v in settings.items()})
-            detector.classifier = train_classifier(faces["train"], faces["val"], paths.resolve(params["train"]["backbone"]), settings,
+            detector.classifier = train_classifier(learnt, val, paths.resolve(params["train"]["backbone"]), settings,
                                                    log=tracked_epochs(settings["epochs"]))
             classified = [detector.classify_faces(pixels, boxes, face_conf) for pixels, boxes, face_conf in found]
             per_class = class_metrics(score_faces(classified, images["val"], detector.config["detector_conf"]))

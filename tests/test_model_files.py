@@ -41,7 +41,7 @@ def test_best_pt_loads_with_weights_only_given_the_detector_classes(model):
         checkpoint = torch.load(model / "best.pt", map_location="cpu", weights_only=True)
     part = checkpoint[MODEL_KEY]
     assert part["format"] == FILE_FORMAT
-    assert part["classifier"] == {"kind": "MaskClassifier", "scale": "n", "dropout": 0.2}
+    assert part["classifier"] == {"kind": "MaskClassifier", "scale": "n", "dropout": 0.2, "outputs": 3}
     assert part["weights"] and all(isinstance(t, torch.Tensor) for t in part["weights"].values())
     assert type(checkpoint["model"]).__name__ == "DetectionModel"
     # Without the list it cannot: ultralytics pickles its detector as modules (which YOLO("best.pt") needs).
