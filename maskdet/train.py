@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -277,7 +278,8 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
                                              train["detector"], params["augment"], paths.runs / "detector")
         backbone = paths.resolve(train["backbone"])
         config = default_config(model)
-        detector = MaskDetector(save_checkpoint(detector_weights, MaskClassifier.from_yolo(backbone), config, output))
+        with tempfile.TemporaryDirectory() as tmp:  # the detector alone, read into memory: `output` is only ever the trained model
+            detector = MaskDetector(save_checkpoint(detector_weights, MaskClassifier.from_yolo(backbone), config, Path(tmp) / "detector.pt"))
         images = {split: load_split(processed, split) for split in ("train", "val")}
         photos = {split: [image for image in images[split] if image.kind == "scene"] for split in images}
         if model["box_calibration"]:
