@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from .detections import Detections
-from .evaluate import (Evaluation, class_metrics, confusion_matrix, curve_tables, faces_found, present_map50,
+from .evaluate import (Evaluation, box_iou, class_metrics, confusion_matrix, curve_tables, faces_found, present_map50,
                               score_faces)
-from .faces import detector_sizes
+from .faces import Backend, detector_sizes
 from .prepare import LabelledImage
 
 # %% auto #0
-__all__ = ['source_scores', 'per_source_scores', 'picture_scores', 'closeup_scores', 'closeup_table', 'reviewed_figures',
-           'metrics_file', 'write_curves', 'logged_metrics']
+__all__ = ['source_scores', 'per_source_scores', 'picture_scores', 'closeup_scores', 'closeup_table', 'skipped_faces',
+           'detector_scores', 'skipped_faces_kept', 'detector_comparison', 'reviewed_figures', 'metrics_file',
+           'write_curves', 'logged_metrics']
 
 # %% ../nbs/05a_report.ipynb #b26cfd19
 def source_scores(found: list[Detections], images: list[LabelledImage], thresholds: dict[str, float], floor: float) -> dict:
@@ -58,6 +59,39 @@ def closeup_table(views: list[dict], found: list[Detections], thresholds: dict[s
                                           for key in ("frame", "degradation") for value in dict.fromkeys(v[key] for v in views)}
     return {name: closeup_scores(views, found, thresholds, floor, list(chosen)) for name, chosen in groups.items()}
 
+# %% ../nbs/05a_report.ipynb #d3c0a002
+def skipped_faces(detector: Backend, pixels: np.ndarray, boxes: np.ndarray, sure: float = 0.5) -> np.ndarray:
+    "The faces `detector` finds in `pixels` at confidence `sure` or more that overlap no annotated face in `boxes` (IoU < 0.3)."
+    found, conf = detector.faces(pixels)
+    found = found[conf >= sure]
+    if len(found) and len(boxes):
+        found = found[box_iou(found, boxes).max(axis=1) < 0.3]
+    return found
+
+def detector_scores(detector: Backend, pictures: list[tuple[np.ndarray, np.ndarray]]) -> Evaluation:
+    "The face detector of `detector` alone (its boxes ranked by its own confidence) on (RGB image, annotated boxes) pairs."
+    scored = Evaluation()
+    for pixels, boxes in pictures:
+        found, conf = detector.faces(pixels)
+        scored.add(Detections(found, conf, np.zeros(len(conf), int)), boxes, np.zeros(len(boxes), int))
+    return scored
+
+def skipped_faces_kept(starting: Backend, trained: Backend, pictures: list[tuple[np.ndarray, np.ndarray]], sure: float = 0.5) -> float:
+    "Of the `skipped_faces` of `starting` in `pictures`, the share `trained` finds at `sure` too (IoU >= 0.5); NaN when there are none."
+    kept = []
+    for pixels, boxes in pictures:
+        skipped = skipped_faces(starting, pixels, boxes, sure)
+        if len(skipped):
+            found, conf = trained.faces(pixels)
+            kept += list(box_iou(skipped, found[conf >= sure]).max(axis=1, initial=0) >= 0.5)
+    return float(np.mean(kept)) if kept else float("nan")
+
+def detector_comparison(starting: Backend, trained: Backend, photos: list[LabelledImage], views: list[dict]) -> dict:
+    "Face AP50 of the `starting` and the `trained` detector alone on `photos` and close-up `views`, and the skipped faces of the photos kept."
+    pictures = {"photos": [(image.rgb(), image.boxes) for image in photos], "close-ups": [(v["image"], v["boxes"]) for v in views]}
+    return {name: {f"face_ap50 {which}": detector_scores(model, shown).face_ap50() for which, model in (("starting", starting), ("trained", trained))}
+            for name, shown in pictures.items()} | {"skipped faces kept": skipped_faces_kept(starting, trained, pictures["photos"])}
+
 # %% ../nbs/05a_report.ipynb #28277354
 def _rounded(table: dict) -> dict:
     "Floats rounded to 4 places, nested; a figure that cannot exist (NaN: no face of its kind) as None."
@@ -71,11 +105,12 @@ def reviewed_figures(reviewed: dict, intervals: dict, relabelled: int) -> dict:
             "per_class": {c: {"ap50": m["ap50"]} for c, m in reviewed["per_class"].items()}}
 
 def metrics_file(headline: dict, intervals: dict, face_ap50: float, config: dict, reviewed: dict, closeup: dict,
-                 by_size: dict, per_source: dict, latency: dict) -> dict:
-    "The content of `reports/metrics.json`; `config` is the model's (thresholds, detector sizes), `latency` from `median_latency`."
+                 by_size: dict, per_source: dict, detector: dict, latency: dict) -> dict:
+    "The content of `reports/metrics.json`; `config` is the model's (thresholds, detector sizes), `detector` from `detector_comparison`, `latency` from `median_latency`."
     return headline | {"labels": "published", "intervals": intervals, "face_ap50": face_ap50, "thresholds": config["thresholds"],
                        "detector_sizes": detector_sizes(config), "reviewed_labels": reviewed, "closeup": _rounded(closeup),
                        "by_face_size": _rounded(by_size), "per_source": _rounded(per_source),
+                       "detector_alone": _rounded(detector),
                        "latency_ms": {k: round(v, 1) for k, v in latency.items() if k != "runs"}}
 
 # %% ../nbs/05a_report.ipynb #02505bbc

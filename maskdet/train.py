@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from .core import CLASSES, ProjectPaths, mlflow_experiment
 from .evaluate import box_iou, class_metrics, evaluate_model, score_faces, summary_metrics, webcam_views
-from .faces import crop_faces, fit_box_calibration
+from .faces import Backend, crop_faces, fit_box_calibration
 from maskdet.model import (
     NO_FACE,
     ClassifierEnsemble,
@@ -32,24 +33,56 @@ from maskdet.model import (
     save_checkpoint,
 )
 from .prepare import LabelledImage, load_split
+from .report import skipped_faces
 
 _log = logging.getLogger("maskdet.train")
 
 # %% auto #0
-__all__ = ['finetune_detector', 'FaceCrops', 'train_classifier', 'train_ensemble', 'train_mask_classifier', 'Frame',
-           'label_proposals', 'training_crops', 'data_version', 'environment', 'classifier_epochs', 'tracked_epochs',
-           'train_model', 'draw_trials', 'tune_classifier']
+__all__ = ['finetune_detector', 'write_yolo_picture', 'detector_training_set', 'FaceCrops', 'train_classifier', 'train_ensemble',
+           'train_mask_classifier', 'Frame', 'label_proposals', 'training_crops', 'calibrated_detector',
+           'trained_detector', 'data_version', 'environment', 'classifier_epochs', 'tracked_epochs', 'train_model',
+           'draw_trials', 'tune_classifier']
 
 # %% ../nbs/06_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
-    "Fine-tune the face detector on every face of `dataset_yaml` as one class; returns its best weights."
+    "Fine-tune the face detector on every face of `dataset_yaml` as one class (`settings`: train.detector); returns its best weights."
     from ultralytics import YOLO
     if settings["epochs"] <= 0:
         return Path(weights)
     model = YOLO(weights)
     model.train(data=str(dataset_yaml), single_cls=True, project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
-                workers=0, plots=True, verbose=False, **augment, **settings)
+                workers=0, plots=True, verbose=False, **augment, **{k: v for k, v in settings.items() if k != "data"})
     return Path(model.trainer.best)
+
+# %% ../nbs/06_train.ipynb #b0d7e001
+def write_yolo_picture(pixels: np.ndarray, boxes: np.ndarray, folder: Path, name: str) -> None:
+    "An RGB picture as `folder/images/name.jpg` and its boxes (N, 4, px) as one-class YOLO lines in `folder/labels/name.txt`."
+    h, w = pixels.shape[:2]
+    cv2.imwrite(str(folder / "images" / f"{name}.jpg"), np.ascontiguousarray(pixels[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    rows = np.c_[(boxes[:, :2] + boxes[:, 2:]) / 2 / [w, h], (boxes[:, 2:] - boxes[:, :2]) / [w, h]]
+    (folder / "labels" / f"{name}.txt").write_text("".join("0 " + " ".join(f"{v:.6f}" for v in row) + "\n" for row in rows))
+
+# %% ../nbs/06_train.ipynb #b0d7e002
+def detector_training_set(train: list[LabelledImage], val: list[LabelledImage], starting: Backend, settings: dict,
+                          target: Path, seed: int = 0) -> Path:
+    "A one-class YOLO data set in `target` (`settings`: train.detector.data): the photos `train`, webcam close-ups of their faces, each with its annotated faces and the faces `starting` finds that nobody annotated; val: the photos `val`. Returns its data.yaml."
+    views = webcam_views(train, settings["closeup_min_face"], seed=seed) if settings["closeup_min_face"] else []
+    pictures = {"train": [(i.rgb(), i.boxes) for i in train] + [(v["image"], v["boxes"]) for v in views],
+                "val": [(i.rgb(), i.boxes) for i in val]}
+    kept = 0
+    for split, items in pictures.items():
+        folder = target / split
+        (folder / "images").mkdir(parents=True, exist_ok=True); (folder / "labels").mkdir(exist_ok=True)
+        for n, (pixels, boxes) in enumerate(items):
+            boxes = np.asarray(boxes, float).reshape(-1, 4)
+            skipped = skipped_faces(starting, pixels, boxes, settings["keep_faces"]) if split == "train" and settings["keep_faces"] else np.zeros((0, 4))
+            kept += len(skipped)
+            write_yolo_picture(pixels, np.r_[boxes, skipped], folder, f"{n:05d}")
+    (target / "data.yaml").write_text(f"path: {target}\ntrain: train/images\nval: val/images\nnames:\n  0: face\n")
+    _log.info("detector training set: %d photos, %d close-ups, %d faces the starting detector found that nobody annotated; %d val photos",
+              len(train), len(views), kept, len(val))
+    return target / "data.yaml"
 
 # %% ../nbs/06_train.ipynb #180c3445
 class FaceCrops:
@@ -203,6 +236,26 @@ def _matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple
     detector.config = config
     return (np.array([p[0] for p in pairs]).reshape(-1, 4), np.array([p[1] for p in pairs]).reshape(-1, 4))
 
+def calibrated_detector(weights: Path, backbone: Path, model: dict, photos: list[LabelledImage]) -> MaskDetector:
+    "The face detector `weights` (`model`: the model section) with an untrained classifier of `backbone`, its boxes calibrated on `photos`."
+    config = default_config(model)
+    with tempfile.TemporaryDirectory() as tmp:  # read into memory: no model file is left behind
+        detector = MaskDetector(save_checkpoint(weights, MaskClassifier.from_yolo(backbone), config, Path(tmp) / "detector.pt"))
+    if model["box_calibration"]:
+        detector.config = config | {"box_calibration": fit_box_calibration(*_matched_boxes(detector, photos))}
+    return detector
+
+# %% ../nbs/06_train.ipynb #b0d7e007
+def trained_detector(paths: ProjectPaths, params: dict, photos: dict[str, list[LabelledImage]], backbone: Path) -> Path:
+    "The face detector's weights: the starting ones, or (`train.detector.epochs` > 0) fine-tuned on `detector_training_set` of `photos`."
+    settings, weights = params["train"]["detector"], paths.resolve(params["inputs"]["weights"])
+    if settings["epochs"] <= 0:
+        return weights
+    starting = calibrated_detector(weights, backbone, params["model"], photos["train"][: params["train"]["calibration_images"]])
+    with tempfile.TemporaryDirectory() as tmp:
+        data = detector_training_set(photos["train"], photos["val"], starting, settings["data"], Path(tmp), settings["seed"])
+        return finetune_detector(data, weights, settings, params["augment"], paths.runs / "detector")
+
 # %% ../nbs/06_train.ipynb #d567b4c7
 def data_version(paths: ProjectPaths, processed: Path) -> str:
     "The version of the prepared data: DVC's hash of `data/processed`, else the manifest's hash."
@@ -274,23 +327,17 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
             mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags({"data.version": data_version(paths, processed), "git.commit": _git_commit(paths.root), "stage": "train"})
         mlflow.log_params({f"maskdet.{k}": v for k, v in _flatten({"train": train, "model": model, "augment": params["augment"]}).items()})
-        detector_weights = finetune_detector(processed / "dataset.yaml", paths.resolve(params["inputs"]["weights"]),
-                                             train["detector"], params["augment"], paths.runs / "detector")
-        backbone = paths.resolve(train["backbone"])
-        config = default_config(model)
-        with tempfile.TemporaryDirectory() as tmp:  # the detector alone, read into memory: `output` is only ever the trained model
-            detector = MaskDetector(save_checkpoint(detector_weights, MaskClassifier.from_yolo(backbone), config, Path(tmp) / "detector.pt"))
         images = {split: load_split(processed, split) for split in ("train", "val")}
         photos = {split: [image for image in images[split] if image.kind == "scene"] for split in images}
-        if model["box_calibration"]:
-            config["box_calibration"] = fit_box_calibration(*_matched_boxes(detector, photos["train"][: train["calibration_images"]]))
-            detector.config = config
+        backbone = paths.resolve(train["backbone"])
+        detector_weights = trained_detector(paths, params, photos, backbone)
+        detector = calibrated_detector(detector_weights, backbone, model, photos["train"][: train["calibration_images"]])
         detector.classifier = train_mask_classifier(
             training_crops(detector, images["train"], train["proposals"], train["classifier"]["seed"]),
             FaceCrops(images["val"], model["crop_size"], model["margin"]), backbone, train["classifier"],
             log=tracked_epochs(classifier_epochs(train["classifier"])))
         val_metrics = class_metrics(evaluate_model(detector, photos["val"]))
-        config["thresholds"] = {c: round(m["threshold"], 4) for c, m in val_metrics.items()}
+        config = detector.config | {"thresholds": {c: round(m["threshold"], 4) for c, m in val_metrics.items()}}
         save_checkpoint(detector_weights, detector.classifier, config, output)
         mlflow.log_metrics({f"val/{c}/{k}": v for c, m in val_metrics.items() for k, v in m.items()}
                            | {"val/mAP50": summary_metrics(val_metrics)["mAP50"],
