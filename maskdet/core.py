@@ -209,12 +209,12 @@ def mlflow_experiment(name: str, paths: ProjectPaths | None = None) -> str:
     paths = paths or project_paths()
     uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri(paths)
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:") else None
+    if database:
+        database.parent.mkdir(parents=True, exist_ok=True)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        local = uri == mlflow_tracking_uri(paths)
-        location = (paths.mlruns / "artifacts" / name).as_uri() if local else None
+        location = (database.parent / "artifacts" / name).as_uri() if database else None
         experiment_id = mlflow.create_experiment(name, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
