@@ -157,9 +157,9 @@ def _image_input(model):
     steps.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0)
     return steps.build()
 
-COMPILED_SHAPES = 16  # image sizes an OpenVINO detector compiles for (about 30 MB each at 640 px)
+COMPILED_SHAPES = 16  # input shapes (images, height, width) an OpenVINO detector compiles for (about 30 MB each at 640 px)
 
-COMPILE_AFTER = 3     # ... once a size has come this many times (a camera's, a folder's, not every photo's)
+COMPILE_AFTER = 3     # ... once a shape has come this many times (a camera's, a folder's, not every photo's)
 
 # %% ../nbs/08_inference.ipynb #582b241c
 def openvino_runner(path: Path, threads: int | None = None, precision: str = "f32", images: bool = False):
@@ -172,18 +172,18 @@ def openvino_runner(path: Path, threads: int | None = None, precision: str = "f3
         any_size = core.compile_model(_image_input(model.clone()) if images else model, "CPU", settings).create_infer_request()
     fixed, seen, lock = {}, collections.Counter(), threading.Lock()
 
-    def request(size: tuple[int, int]):
-        "The request for image batches of `size` (height, width): compiled for it from its `COMPILE_AFTER`th batch on, while fewer than `COMPILED_SHAPES` are; else the any-size one."
-        seen[size] += 1
-        if size not in fixed and seen[size] >= COMPILE_AFTER and len(fixed) < COMPILED_SHAPES:
+    def request(shape: tuple[int, int, int]):
+        "The request for image batches of `shape` (images, height, width): compiled for it from its `COMPILE_AFTER`th batch on, while fewer than `COMPILED_SHAPES` are; else the any-size one."
+        seen[shape] += 1
+        if shape not in fixed and seen[shape] >= COMPILE_AFTER and len(fixed) < COMPILED_SHAPES:
             shaped = model.clone()
-            shaped.reshape([-1, 3, *size])
-            fixed[size] = core.compile_model(_image_input(shaped), "CPU", settings).create_infer_request()
-        return fixed.get(size, any_size)
+            shaped.reshape([shape[0], 3, *shape[1:]])
+            fixed[shape] = core.compile_model(_image_input(shaped), "CPU", settings).create_infer_request()
+        return fixed.get(shape, any_size)
 
     def run(array: np.ndarray) -> np.ndarray:
         with lock:
-            return (request(array.shape[1:3]) if images else any_size).infer({0: array})[0].copy()
+            return (request(array.shape[:3]) if images else any_size).infer({0: array})[0].copy()
     return run
 
 _RUNNERS = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
