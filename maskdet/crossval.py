@@ -18,7 +18,7 @@ from .detections import Detections
 from .evaluate import class_metrics, score_faces, summary_metrics
 from .model import MaskDetector, default_config
 from .prepare import LabelledImage, load_split
-from .train import FaceCrops, train_mask_classifier, training_crops
+from .train import FaceCrops, classifier_backbone, train_mask_classifier, training_crops
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def cross_validate(paths: ProjectPaths, params: dict, processed: Path, checkpoin
     with mlflow.start_run(run_name=f"crossval-{len(folds)}"):
         mlflow.log_params({f"model.{k}": v for k, v in params["model"].items()} | {f"classifier.{k}": v for k, v in settings.items()}
                           | {f"crossval.{k}": v for k, v in params["crossval"].items()})
-        classified = _held_out_faces(detector, images, found, folds, paths.resolve(params["train"]["backbone"]), params["train"])
+        classified = _held_out_faces(detector, images, found, folds, classifier_backbone(params, paths), params["train"])
         rows = {f"fold {k}": _fold_scores([classified[i] for i in held_out], [images[i] for i in held_out], floor)
                 for k, (_, held_out) in enumerate(folds)}
         rows["all"] = _fold_scores(classified, images, floor)

@@ -38,10 +38,10 @@ from .report import skipped_faces
 _log = logging.getLogger("maskdet.train")
 
 # %% auto #0
-__all__ = ['finetune_detector', 'write_yolo_picture', 'detector_training_set', 'FaceCrops', 'train_classifier', 'train_ensemble',
-           'train_mask_classifier', 'Frame', 'label_proposals', 'training_crops', 'calibrated_detector',
-           'trained_detector', 'data_version', 'environment', 'classifier_epochs', 'tracked_epochs', 'train_model',
-           'draw_trials', 'tune_classifier']
+__all__ = ['finetune_detector', 'write_yolo_picture', 'detector_training_set', 'FaceCrops', 'classifier_backbone',
+           'train_classifier', 'train_ensemble', 'train_mask_classifier', 'Frame', 'label_proposals', 'training_crops',
+           'calibrated_detector', 'trained_detector', 'data_version', 'environment', 'classifier_epochs',
+           'tracked_epochs', 'train_model', 'draw_trials', 'tune_classifier']
 
 # %% ../nbs/06_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
@@ -129,6 +129,11 @@ class FaceCrops:
             crop = crop * rng.uniform(0.7, 1.3) + rng.uniform(-0.1, 0.1)
             crops.append(np.clip(crop, 0, 1))
         return torch.from_numpy(np.stack(crops).astype(np.float32)), torch.from_numpy(self.labels[indices])
+
+# %% ../nbs/06_train.ipynb #ec853125
+def classifier_backbone(params: dict, paths: ProjectPaths) -> Path:
+    "The checkpoint whose first layers the mask classifier starts from: `train.backbone`, or `inputs.weights` when that is null."
+    return paths.resolve(params["train"].get("backbone") or params["inputs"]["weights"])
 
 # %% ../nbs/06_train.ipynb #801eb587
 def _crop_accuracy(classifier: CropClassifier, faces: FaceCrops) -> float:
@@ -329,7 +334,7 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
         mlflow.log_params({f"maskdet.{k}": v for k, v in _flatten({"train": train, "model": model, "augment": params["augment"]}).items()})
         images = {split: load_split(processed, split) for split in ("train", "val")}
         photos = {split: [image for image in images[split] if image.kind == "scene"] for split in images}
-        backbone = paths.resolve(train["backbone"])
+        backbone = classifier_backbone(params, paths)
         detector_weights = trained_detector(paths, params, photos, backbone)
         detector = calibrated_detector(detector_weights, backbone, model, photos["train"][: train["calibration_images"]])
         detector.classifier = train_mask_classifier(
@@ -375,7 +380,7 @@ def tune_classifier(paths: ProjectPaths, params: dict, processed: Path, checkpoi
         settings = params["train"]["classifier"] | draw
         with mlflow.start_run(run_name=f"trial-{number}"):
             mlflow.log_params({f"classifier.{k}": v for k, v in settings.items()})
-            detector.classifier = train_classifier(learnt, val, paths.resolve(params["train"]["backbone"]), settings,
+            detector.classifier = train_classifier(learnt, val, classifier_backbone(params, paths), settings,
                                                    log=tracked_epochs(settings["epochs"]))
             classified = [detector.classify_faces(pixels, boxes, face_conf) for pixels, boxes, face_conf in found]
             per_class = class_metrics(score_faces(classified, images["val"], detector.config["detector_conf"]))
