@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 # apt-get needs root: through sudo unless make runs as root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser pipeline test test-notebooks test-pytest lab dashboard lint format clean \
+.PHONY: install browser pipeline test test-notebooks test-pytest lab dashboard lint format clean docs readme picture pull \
 	docker-tools docker-build docker-up docker-down test-docker
 
 install: $(STAMP)
@@ -26,8 +26,14 @@ $(STAMP): setup.py settings.ini
 	$(BIN)/pip check
 	touch $(STAMP)
 
+# The pipeline, then its data and models pushed to the DVC remote (.dvc/config: a folder beside the project),
+# from which `make pull` gives another clone the same model without training.
 pipeline: install
 	$(BIN)/dvc repro
+	$(BIN)/dvc push
+
+pull: install
+	$(BIN)/dvc pull
 
 test: test-notebooks test-pytest test-docker
 
@@ -86,6 +92,18 @@ lab: install
 # The Voila dashboards (webcam detection, monitoring and drift) on http://127.0.0.1:8866
 dashboard: install
 	$(BIN)/maskdet dashboard
+
+# The docs site, from the notebooks and docs/ (maskdet.docs), into _docs/; strict: a broken link fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The pictures of the README and the model card (docs/images/): test photos with the detections of the model in models/.
+picture: install
+	$(BIN)/python -c "from maskdet.docs import write_pictures; write_pictures()"
+
+# README.md from nbs/index.ipynb (run after changing the notebook; a test checks that they match).
+readme: install
+	$(BIN)/python -c "from maskdet.docs import write_readme; write_readme()"
 
 lint: install
 	$(BIN)/ruff check maskdet tests benchmarks

@@ -36,7 +36,7 @@ def pipeline(project, inputs, tmp_path_factory):
     dataset = sample_voc(inputs["dataset"], tmp_path_factory.mktemp("data") / "voc", 60)
     weights = str(inputs["weights"])
     where = {"inputs.root": str(dataset.parent), "inputs.sources": [{"name": "sample", "path": dataset.name}],
-             "inputs.weights": weights, "train.backbone": weights}
+             "inputs.weights": weights}
     copy = copy_project(project, root, QUICK | where)
     done = run([BIN / "dvc", "repro"], copy)
     return copy, done
@@ -178,3 +178,22 @@ def test_predict_on_a_video_made_of_real_photos(pipeline, inputs, tmp_path):
     assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     progress = run([BIN / "maskdet", "predict", video], copy)
     assert "entrance.mp4: 100%" in progress.stderr and "frame" in progress.stderr
+
+
+def test_a_fresh_clone_pulls_the_data_and_models_and_predicts_without_training(pipeline, inputs, tmp_path):
+    copy, _ = pipeline
+    remote = tmp_path / "remote"  # instead of .dvc/config's folder beside the project, for this copy only
+    run([BIN / "dvc", "remote", "modify", "--local", "storage", "url", remote], copy)
+    run([BIN / "dvc", "push"], copy)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "trained"]):
+        run(cmd, copy)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", copy, clone], tmp_path)
+    assert not (clone / "models" / "best.pt").exists() and not (clone / "data" / "processed").exists()
+    run([BIN / "dvc", "remote", "modify", "--local", "storage", "url", remote], clone)
+    run([BIN / "dvc", "pull"], clone)
+    assert "up to date" in run([BIN / "dvc", "status"], clone).stdout  # the pulled outputs are the ones dvc.lock names
+    photo = inputs["dataset"] / "images" / "maksssksksss0.png"
+    predict = [BIN / "maskdet", "predict", photo, "--json"]
+    pulled, trained = (json.loads(run(predict, at).stdout) for at in (clone, copy))
+    assert pulled == trained and pulled[0]["detections"]
