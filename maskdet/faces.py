@@ -16,7 +16,7 @@ from .detections import Detections, lowest_threshold
 
 # %% auto #0
 __all__ = ['STRIDE', 'DETECTOR_BATCH', 'square_regions', 'crop_faces', 'fit_box_calibration', 'letterbox', 'as_tensor', 'nms',
-           'decode_faces', 'detector_sizes', 'merge_passes', 'detect_faces', 'Backend']
+           'decode_faces', 'detector_sizes', 'closeup_sizes', 'merge_passes', 'detect_faces', 'Backend']
 
 # %% ../nbs/02_faces.ipynb #be8df265
 def square_regions(boxes: np.ndarray, margin: float) -> np.ndarray:
@@ -105,6 +105,10 @@ def detector_sizes(config: dict) -> list[int]:
     "The detector's input sizes, one pass over the whole image each (a model saved before there were several: its one size)."
     return [int(size) for size in config.get("detector_sizes") or [config["detector_imgsz"]]]
 
+def closeup_sizes(config: dict) -> set[int]:
+    "The passes that run the close-up detector (a model trained with one), else none."
+    return {int(size) for size in config.get("closeup_sizes") or ()}
+
 def merge_passes(passes: list[tuple[np.ndarray, np.ndarray]], config: dict, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
     "Calibrated face boxes (N, 4) and confidences (N,) in an image of `shape` from the passes' (boxes in image pixels, confidences), finest first."
     boxes = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b, _ in passes])
@@ -124,7 +128,7 @@ def merge_passes(passes: list[tuple[np.ndarray, np.ndarray]], config: dict, shap
 DETECTOR_BATCH = 8  # same-shaped detector inputs run together, at most this many
 
 def detect_faces(images: list[np.ndarray], run, config: dict) -> list[tuple[np.ndarray, np.ndarray]]:
-    "Calibrated face boxes and confidences of each RGB image from every pass of `detector_sizes`, same-shaped inputs of a pass batched through `run`."
+    "Calibrated face boxes and confidences of each RGB image from every pass of `detector_sizes`, same-shaped inputs of a pass batched through `run(batch, closeup)`."
     passes = [[] for _ in images]
     for size in detector_sizes(config):
         inputs = [letterbox(image, size) for image in images]
@@ -134,19 +138,19 @@ def detect_faces(images: list[np.ndarray], run, config: dict) -> list[tuple[np.n
         for group in shapes.values():
             for start in range(0, len(group), DETECTOR_BATCH):
                 chunk = group[start:start + DETECTOR_BATCH]
-                outputs = run(np.concatenate([inputs[i][0] for i in chunk]))
+                outputs = run(np.concatenate([inputs[i][0] for i in chunk]), size in closeup_sizes(config))
                 for i, output in zip(chunk, outputs):
                     passes[i].append(decode_faces(output, config, *inputs[i][1:], images[i].shape))
     return [merge_passes(found, config, image.shape) for found, image in zip(passes, images)]
 
 # %% ../nbs/02_faces.ipynb #171ffe4f
 class Backend(ABC):
-    "The maskdet model on one runtime, which supplies `detector_outputs(batch)` and `probabilities(crops)`; `config` holds its settings."
+    "The maskdet model on one runtime, which supplies `detector_outputs(batch, closeup)` and `probabilities(crops)`; `config` holds its settings."
     config: dict
 
     @abstractmethod
-    def detector_outputs(self, batch: np.ndarray) -> np.ndarray:
-        "The detector's raw outputs (N, 5, anchors) for letterboxed uint8 images (N, H, W, 3)."
+    def detector_outputs(self, batch: np.ndarray, closeup: bool = False) -> np.ndarray:
+        "The face detector's (`closeup`: the close-up detector's) raw outputs (N, 5, anchors) for letterboxed uint8 images (N, H, W, 3)."
 
     @abstractmethod
     def probabilities(self, crops: np.ndarray) -> np.ndarray:

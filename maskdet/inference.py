@@ -20,7 +20,7 @@ from PIL import Image
 
 from .core import CLASSES, ModelError, ModelNotFound, cpu_threads
 from .detections import Detections, draw
-from .faces import Backend, as_tensor, detector_sizes, letterbox
+from .faces import Backend, as_tensor, closeup_sizes, detector_sizes, letterbox
 
 # %% auto #0
 __all__ = ['SIGNATURES', 'COMPILED_SHAPES', 'COMPILE_AFTER', 'MODEL_FILES', 'BACKENDS', 'export_onnx', 'export_openvino',
@@ -28,22 +28,27 @@ __all__ = ['SIGNATURES', 'COMPILED_SHAPES', 'COMPILE_AFTER', 'MODEL_FILES', 'BAC
            'ExportedModel', 'find_model', 'installed', 'pick_backend', 'file_version', 'as_rgb', 'Detector']
 
 # %% ../nbs/08_inference.ipynb #eb5ae657
-def export_onnx(checkpoint: Path | str, folder: Path | str) -> Path:
-    "Export a maskdet `best.pt` to `folder`/model.onnx (any input size), classifier.onnx and model.json; returns model.onnx."
-    import torch
+def _export_detector(network, size: int, target: Path) -> Path:
+    "A YOLOv8 detector network exported by ultralytics to the ONNX file `target`, any input size (`size`: the one it traces)."
     from ultralytics.engine.exporter import Exporter
+    with tempfile.TemporaryDirectory() as tmp:
+        # what the exporter reads from a network ultralytics loaded itself: its task and the file to write next to
+        network.task, network.pt_path = "detect", str(Path(tmp) / "detector.pt")
+        options = {"format": "onnx", "imgsz": size, "dynamic": True, "simplify": True, "batch": 1, "device": None,
+                   "verbose": False, "mode": "export"}
+        return Path(shutil.move(Exporter(overrides=options)(model=network), target))
+
+def export_onnx(checkpoint: Path | str, folder: Path | str) -> Path:
+    "Export a maskdet `best.pt` to `folder`/model.onnx and closeup.onnx (the face and close-up detectors, any input size), classifier.onnx and model.json; returns model.onnx."
+    import torch
 
     from maskdet.model import MaskDetector
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = MaskDetector(checkpoint)
     config = {**model.config, "detector_sizes": detector_sizes(model.config)}
-    with tempfile.TemporaryDirectory() as tmp:
-        # what the exporter reads from a network ultralytics loaded itself: its task and the file to write next to
-        model.network.task, model.network.pt_path = "detect", str(Path(tmp) / "detector.pt")
-        options = {"format": "onnx", "imgsz": config["detector_sizes"][0], "dynamic": True, "simplify": True, "batch": 1,
-                   "device": None, "verbose": False, "mode": "export"}
-        shutil.move(Exporter(overrides=options)(model=model.network), folder / "model.onnx")
+    _export_detector(model.network, config["detector_sizes"][0], folder / "model.onnx")
+    _export_detector(model.closeup_network, config["detector_sizes"][-1], folder / "closeup.onnx")
     size = config["crop_size"]
     torch.onnx.export(model.classifier.eval(), torch.zeros(1, 3, size, size), folder / "classifier.onnx", dynamo=False,
                       input_names=["crops"], output_names=["logits"], dynamic_axes={"crops": {0: "faces"}, "logits": {0: "faces"}})
@@ -52,11 +57,11 @@ def export_onnx(checkpoint: Path | str, folder: Path | str) -> Path:
 
 # %% ../nbs/08_inference.ipynb #dc78ec38
 def export_openvino(onnx_model: Path | str, folder: Path | str) -> Path:
-    "OpenVINO IR (fp32) of an exported ONNX model (detector and classifier) in `folder`; returns its model.xml."
+    "OpenVINO IR (fp32) of an exported ONNX model (both detectors and the classifier) in `folder`; returns its model.xml."
     import openvino as ov
     onnx_model, folder = Path(onnx_model), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("model", "classifier"):
+    for name in ("model", "closeup", "classifier"):
         ov.save_model(ov.convert_model(onnx_model.parent / f"{name}.onnx"), folder / f"{name}.xml", compress_to_fp16=False)
     for name in ("classifier.onnx", "model.json"):
         shutil.copy(onnx_model.parent / name, folder / name)
@@ -69,8 +74,13 @@ def _head_scope(model):
     return nncf.IgnoredScope(patterns=[f"{head}/dfl/.*", f"{head}/(Add|Sub|Mul|Div|Concat)(_\\d+)?"],
                              types=["Sigmoid"], validate=False)
 
+def _detector_passes(config: dict) -> dict[str, list[int]]:
+    "The passes each detector file runs: the face detector (`model`) the sizes not in `closeup_sizes`, the close-up detector those (either: every size if it runs none)."
+    sizes, closeup = detector_sizes(config), closeup_sizes(config)
+    return {"model": [s for s in sizes if s not in closeup] or sizes, "closeup": [s for s in sizes if s in closeup] or sizes}
+
 def quantize_openvino(model_xml: Path | str, images: list[np.ndarray], folder: Path | str) -> Path:
-    "An INT8 copy of an OpenVINO maskdet model in `folder`, its detector calibrated on RGB `images` (at each of its sizes in turn); returns its model.xml."
+    "An INT8 copy of an OpenVINO maskdet model in `folder`, each detector calibrated on RGB `images` at the sizes of its passes in turn; returns its model.xml."
     import logging
 
     import nncf
@@ -78,12 +88,12 @@ def quantize_openvino(model_xml: Path | str, images: list[np.ndarray], folder: P
     nncf.set_log_level(logging.ERROR)
     model_xml, folder = Path(model_xml), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sizes = detector_sizes(json.loads((model_xml.parent / "model.json").read_text()))
-    detector = ov.Core().read_model(model_xml)
-    calibration = nncf.Dataset([(image, sizes[i % len(sizes)]) for i, image in enumerate(images)],
-                               lambda item: as_tensor(letterbox(*item)[0]))
-    quantized = nncf.quantize(detector, calibration, subset_size=len(images), ignored_scope=_head_scope(detector))
-    ov.save_model(quantized, folder / "model.xml", compress_to_fp16=False)
+    for name, sizes in _detector_passes(json.loads((model_xml.parent / "model.json").read_text())).items():
+        detector = ov.Core().read_model(model_xml.parent / f"{name}.xml")
+        calibration = nncf.Dataset([(image, sizes[i % len(sizes)]) for i, image in enumerate(images)],
+                                   lambda item: as_tensor(letterbox(*item)[0]))
+        quantized = nncf.quantize(detector, calibration, subset_size=len(images), ignored_scope=_head_scope(detector))
+        ov.save_model(quantized, folder / f"{name}.xml", compress_to_fp16=False)
     for name in ("classifier.xml", "classifier.bin", "classifier.onnx", "model.json"):
         shutil.copy(model_xml.parent / name, folder / name)
     return folder / "model.xml"
@@ -202,11 +212,13 @@ class ExportedModel(Backend):
         path = _check_model_file(Path(path))
         self.config = exported_config(path.parent)
         self.detector = _RUNNERS[backend](path, threads, precision, images=True)
+        closeup = path.with_stem("closeup")  # an export from before close-up detectors has none: the face detector runs every pass
+        self.closeup = _RUNNERS[backend](closeup, threads, precision, images=True) if closeup.is_file() else self.detector
         self.classifier = classifier_runner(path.parent, backend, threads, precision)
 
-    def detector_outputs(self, batch: np.ndarray) -> np.ndarray:
-        "The detector's raw outputs (N, 5, anchors) for letterboxed uint8 images (N, H, W, 3)."
-        return self.detector(batch)
+    def detector_outputs(self, batch: np.ndarray, closeup: bool = False) -> np.ndarray:
+        "The face detector's (`closeup`: the close-up detector's) raw outputs (N, 5, anchors) for letterboxed uint8 images (N, H, W, 3)."
+        return (self.closeup if closeup else self.detector)(batch)
 
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
         "Class probabilities (N, 3, or 4 with \"no face\") of face crops."

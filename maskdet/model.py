@@ -165,11 +165,13 @@ class MaskDetector(Backend):
         self.classifier: CropClassifier = _classifier_of(checkpoint, self.path)
         self.config: dict = checkpoint[MODEL_KEY]["config"]
         self.network = _detector_network(checkpoint)
+        self.closeup_network = _closeup_network(checkpoint, self.network)
 
     @torch.no_grad()
-    def detector_outputs(self, batch: np.ndarray) -> np.ndarray:
-        "The detector's raw outputs (N, 5, anchors) for letterboxed uint8 images (N, H, W, 3)."
-        return self.network(torch.from_numpy(as_tensor(batch)))[0].numpy()
+    def detector_outputs(self, batch: np.ndarray, closeup: bool = False) -> np.ndarray:
+        "The face detector's (`closeup`: the close-up detector's) raw outputs (N, 5, anchors) for letterboxed uint8 images (N, H, W, 3)."
+        network = self.closeup_network if closeup else self.network
+        return network(torch.from_numpy(as_tensor(batch)))[0].numpy()
 
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
         "Class probabilities (N, 3, or 4 with \"no face\") of face crops."
@@ -184,12 +186,14 @@ def _plain_values(value):
     "`value` as JSON-like Python values (numpy numbers become Python numbers), which `weights_only` loading accepts."
     return json.loads(json.dumps(value, default=lambda v: v.item()))
 
-def save_checkpoint(detector_weights: Path | str, classifier: CropClassifier, config: dict, target: Path | str) -> Path:
-    "Write `best.pt`: the detector checkpoint from `detector_weights` plus the classifier (architecture and weights) and `config`."
+def save_checkpoint(detector_weights: Path | str, classifier: CropClassifier, config: dict, target: Path | str,
+                    closeup_weights: Path | str | None = None) -> Path:
+    "Write `best.pt`: the detector checkpoint from `detector_weights` plus the classifier (architecture and weights), `config` and the close-up detector of `closeup_weights`."
     checkpoint = read_checkpoint(detector_weights, "name a YOLOv8 face detector checkpoint")
+    closeup = _trained_network(read_checkpoint(closeup_weights, "name a YOLOv8 close-up detector checkpoint")) if closeup_weights else None
     checkpoint[MODEL_KEY] = {"format": FILE_FORMAT, "classifier": classifier.architecture(),
                              "weights": {k: v.detach().cpu().clone() for k, v in classifier.state_dict().items()},
-                             "config": _plain_values(config), "classes": list(CLASSES)}
+                             "config": _plain_values(config), "classes": list(CLASSES), "closeup_detector": closeup}
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, target)
@@ -218,13 +222,22 @@ def _classifier_of(checkpoint: dict, path: Path | str) -> CropClassifier:
         raise ModelError(f"{path}: its mask classifier cannot be built from it ({type(error).__name__}): {RETRAIN}") from None
     return classifier.float().eval()
 
+def _trained_network(checkpoint: dict) -> nn.Module:
+    "The network of an ultralytics checkpoint: its EMA weights when it has them."
+    return checkpoint.get("ema") or checkpoint["model"]
+
 def _detector_network(checkpoint: dict) -> nn.Module:
-    "The face detector network of a checkpoint (its EMA weights when it has them) in fp32, fused, in eval mode."
-    return (checkpoint.get("ema") or checkpoint["model"]).float().fuse(verbose=False).eval()
+    "The face detector network of a checkpoint in fp32, fused, in eval mode."
+    return _trained_network(checkpoint).float().fuse(verbose=False).eval()
+
+def _closeup_network(checkpoint: dict, face_network: nn.Module) -> nn.Module:
+    "The close-up detector network of a maskdet checkpoint in fp32, fused, in eval mode; `face_network` if it has none."
+    network = checkpoint[MODEL_KEY].get("closeup_detector")
+    return face_network if network is None else network.float().fuse(verbose=False).eval()
 
 def default_config(params: dict) -> dict:
     "Model settings from the `model` section of params.yaml, thresholds at their defaults."
-    keys = ("detector_sizes", "detector_conf", "detector_iou", "coarse_min_face", "face_part", "max_faces", "crop_size", "margin")
+    keys = ("detector_sizes", "closeup_sizes", "detector_conf", "detector_iou", "coarse_min_face", "face_part", "max_faces", "crop_size", "margin")
     return {**{k: params[k] for k in keys}, "thresholds": {c: params["default_threshold"] for c in CLASSES}, "box_calibration": None}
 
 # %% ../nbs/04_model.ipynb #2b86897c

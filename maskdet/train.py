@@ -38,20 +38,21 @@ from .report import skipped_faces
 _log = logging.getLogger("maskdet.train")
 
 # %% auto #0
-__all__ = ['finetune_detector', 'write_yolo_picture', 'detector_training_set', 'FaceCrops', 'classifier_backbone',
-           'train_classifier', 'train_ensemble', 'train_mask_classifier', 'Frame', 'label_proposals', 'training_crops',
-           'calibrated_detector', 'trained_detector', 'data_version', 'environment', 'classifier_epochs',
-           'tracked_epochs', 'train_model', 'draw_trials', 'tune_classifier']
+__all__ = ['finetune_detector', 'write_yolo_picture', 'write_yolo_set', 'detector_training_set', 'FaceCrops',
+           'classifier_backbone', 'train_classifier', 'train_ensemble', 'train_mask_classifier', 'Frame',
+           'label_proposals', 'training_crops', 'calibrated_detector', 'trained_detector', 'closeup_training_set',
+           'trained_closeup_detector', 'data_version', 'environment', 'classifier_epochs', 'tracked_epochs',
+           'train_model', 'draw_trials', 'tune_classifier']
 
 # %% ../nbs/06_train.ipynb #5dbefaa7
 def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
-    "Fine-tune the face detector on every face of `dataset_yaml` as one class (`settings`: train.detector); returns its best weights."
+    "Fine-tune the face detector on every face of `dataset_yaml` as one class (`settings`: train.detector, over `augment`); returns its best weights."
     from ultralytics import YOLO
     if settings["epochs"] <= 0:
         return Path(weights)
     model = YOLO(weights)
     model.train(data=str(dataset_yaml), single_cls=True, project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
-                workers=0, plots=True, verbose=False, **augment, **{k: v for k, v in settings.items() if k != "data"})
+                workers=0, plots=True, verbose=False, **(augment | {k: v for k, v in settings.items() if k != "data"}))
     return Path(model.trainer.best)
 
 # %% ../nbs/06_train.ipynb #b0d7e001
@@ -63,26 +64,27 @@ def write_yolo_picture(pixels: np.ndarray, boxes: np.ndarray, folder: Path, name
     rows = np.c_[(boxes[:, :2] + boxes[:, 2:]) / 2 / [w, h], (boxes[:, 2:] - boxes[:, :2]) / [w, h]]
     (folder / "labels" / f"{name}.txt").write_text("".join("0 " + " ".join(f"{v:.6f}" for v in row) + "\n" for row in rows))
 
+def write_yolo_set(pictures: dict[str, list[tuple[np.ndarray, np.ndarray]]], target: Path) -> Path:
+    "A one-class YOLO data set in `target` of each split's (RGB picture, boxes); returns its data.yaml."
+    for split, items in pictures.items():
+        (target / split / "images").mkdir(parents=True, exist_ok=True); (target / split / "labels").mkdir(exist_ok=True)
+        for n, (pixels, boxes) in enumerate(items):
+            write_yolo_picture(pixels, boxes, target / split, f"{n:05d}")
+    (target / "data.yaml").write_text(f"path: {target}\ntrain: train/images\nval: val/images\nnames:\n  0: face\n")
+    return target / "data.yaml"
+
 # %% ../nbs/06_train.ipynb #b0d7e002
 def detector_training_set(train: list[LabelledImage], val: list[LabelledImage], starting: Backend, settings: dict,
                           target: Path, seed: int = 0) -> Path:
     "A one-class YOLO data set in `target` (`settings`: train.detector.data): the photos `train`, webcam close-ups of their faces, each with its annotated faces and the faces `starting` finds that nobody annotated; val: the photos `val`. Returns its data.yaml."
     views = webcam_views(train, settings["closeup_min_face"], seed=seed) if settings["closeup_min_face"] else []
-    pictures = {"train": [(i.rgb(), i.boxes) for i in train] + [(v["image"], v["boxes"]) for v in views],
-                "val": [(i.rgb(), i.boxes) for i in val]}
-    kept = 0
-    for split, items in pictures.items():
-        folder = target / split
-        (folder / "images").mkdir(parents=True, exist_ok=True); (folder / "labels").mkdir(exist_ok=True)
-        for n, (pixels, boxes) in enumerate(items):
-            boxes = np.asarray(boxes, float).reshape(-1, 4)
-            skipped = skipped_faces(starting, pixels, boxes, settings["keep_faces"]) if split == "train" and settings["keep_faces"] else np.zeros((0, 4))
-            kept += len(skipped)
-            write_yolo_picture(pixels, np.r_[boxes, skipped], folder, f"{n:05d}")
-    (target / "data.yaml").write_text(f"path: {target}\ntrain: train/images\nval: val/images\nnames:\n  0: face\n")
+    pictures = [(i.rgb(), np.asarray(i.boxes, float).reshape(-1, 4)) for i in train] + [(v["image"], v["boxes"]) for v in views]
+    skipped = [skipped_faces(starting, pixels, boxes, settings["keep_faces"]) if settings["keep_faces"] else np.zeros((0, 4))
+               for pixels, boxes in pictures]
     _log.info("detector training set: %d photos, %d close-ups, %d faces the starting detector found that nobody annotated; %d val photos",
-              len(train), len(views), kept, len(val))
-    return target / "data.yaml"
+              len(train), len(views), sum(map(len, skipped)), len(val))
+    return write_yolo_set({"train": [(pixels, np.r_[boxes, more]) for (pixels, boxes), more in zip(pictures, skipped)],
+                           "val": [(i.rgb(), i.boxes) for i in val]}, target)
 
 # %% ../nbs/06_train.ipynb #180c3445
 class FaceCrops:
@@ -241,11 +243,11 @@ def _matched_boxes(detector: MaskDetector, images: list[LabelledImage]) -> tuple
     detector.config = config
     return (np.array([p[0] for p in pairs]).reshape(-1, 4), np.array([p[1] for p in pairs]).reshape(-1, 4))
 
-def calibrated_detector(weights: Path, backbone: Path, model: dict, photos: list[LabelledImage]) -> MaskDetector:
-    "The face detector `weights` (`model`: the model section) with an untrained classifier of `backbone`, its boxes calibrated on `photos`."
+def calibrated_detector(weights: Path, backbone: Path, model: dict, photos: list[LabelledImage], closeup: Path | None = None) -> MaskDetector:
+    "The face detector `weights` and close-up detector `closeup` (`model`: the model section) with an untrained classifier of `backbone`, its boxes calibrated on `photos`."
     config = default_config(model)
     with tempfile.TemporaryDirectory() as tmp:  # read into memory: no model file is left behind
-        detector = MaskDetector(save_checkpoint(weights, MaskClassifier.from_yolo(backbone), config, Path(tmp) / "detector.pt"))
+        detector = MaskDetector(save_checkpoint(weights, MaskClassifier.from_yolo(backbone), config, Path(tmp) / "detector.pt", closeup))
     if model["box_calibration"]:
         detector.config = config | {"box_calibration": fit_box_calibration(*_matched_boxes(detector, photos))}
     return detector
@@ -260,6 +262,25 @@ def trained_detector(paths: ProjectPaths, params: dict, photos: dict[str, list[L
     with tempfile.TemporaryDirectory() as tmp:
         data = detector_training_set(photos["train"], photos["val"], starting, settings["data"], Path(tmp), settings["seed"])
         return finetune_detector(data, weights, settings, params["augment"], paths.runs / "detector")
+
+# %% ../nbs/06_train.ipynb #d88279c7
+def closeup_training_set(train: list[LabelledImage], val: list[LabelledImage], settings: dict, target: Path, seed: int = 0) -> Path:
+    "A one-class YOLO data set in `target` (`settings`: train.closeup_detector.data): webcam close-ups of the faces of `train`, `views` per face and frame size; val: one of each face of `val`. Returns its data.yaml."
+    views = [view for k in range(settings["views"]) for view in webcam_views(train, settings["min_face"], shares=tuple(settings["shares"]), seed=seed + k)]
+    checks = webcam_views(val, settings["min_face"], seed=seed)
+    _log.info("close-up detector training set: %d close-ups of %d photos; %d val close-ups", len(views), len(train), len(checks))
+    return write_yolo_set({"train": [(v["image"], v["boxes"]) for v in views], "val": [(v["image"], v["boxes"]) for v in checks]}, target)
+
+# %% ../nbs/06_train.ipynb #3b60b1c6
+def trained_closeup_detector(paths: ProjectPaths, params: dict, photos: dict[str, list[LabelledImage]]) -> Path | None:
+    "The close-up detector's weights: inputs.weights fine-tuned on `closeup_training_set` of `photos` (an MLflow run nested in the active one); None with `train.closeup_detector.epochs` 0."
+    import mlflow
+    settings = params["train"]["closeup_detector"]
+    if settings["epochs"] <= 0:
+        return None
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="close-up detector", nested=True):
+        data = closeup_training_set(photos["train"], photos["val"], settings["data"], Path(tmp), settings["seed"])
+        return finetune_detector(data, paths.resolve(params["inputs"]["weights"]), settings, params["augment"], paths.runs / "closeup")
 
 # %% ../nbs/06_train.ipynb #d567b4c7
 def data_version(paths: ProjectPaths, processed: Path) -> str:
@@ -335,15 +356,15 @@ def train_model(paths: ProjectPaths, params: dict, processed: Path, output: Path
         images = {split: load_split(processed, split) for split in ("train", "val")}
         photos = {split: [image for image in images[split] if image.kind == "scene"] for split in images}
         backbone = classifier_backbone(params, paths)
-        detector_weights = trained_detector(paths, params, photos, backbone)
-        detector = calibrated_detector(detector_weights, backbone, model, photos["train"][: train["calibration_images"]])
+        detector_weights, closeup_weights = trained_detector(paths, params, photos, backbone), trained_closeup_detector(paths, params, photos)
+        detector = calibrated_detector(detector_weights, backbone, model, photos["train"][: train["calibration_images"]], closeup_weights)
         detector.classifier = train_mask_classifier(
             training_crops(detector, images["train"], train["proposals"], train["classifier"]["seed"]),
             FaceCrops(images["val"], model["crop_size"], model["margin"]), backbone, train["classifier"],
             log=tracked_epochs(classifier_epochs(train["classifier"])))
         val_metrics = class_metrics(evaluate_model(detector, photos["val"]))
         config = detector.config | {"thresholds": {c: round(m["threshold"], 4) for c, m in val_metrics.items()}}
-        save_checkpoint(detector_weights, detector.classifier, config, output)
+        save_checkpoint(detector_weights, detector.classifier, config, output, closeup_weights)
         mlflow.log_metrics({f"val/{c}/{k}": v for c, m in val_metrics.items() for k, v in m.items()}
                            | {"val/mAP50": summary_metrics(val_metrics)["mAP50"],
                               "train/minutes": (time.time() - started) / 60})

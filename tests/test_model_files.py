@@ -84,7 +84,7 @@ def test_ultralytics_loads_best_pt_in_a_python_without_maskdet(model, photo, tmp
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     keys, faces = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
-    assert keys == "['classes', 'classifier', 'config', 'format', 'weights']" and int(faces) >= 3
+    assert keys == "['classes', 'classifier', 'closeup_detector', 'config', 'format', 'weights']" and int(faces) >= 3
 
 
 class Planted:
@@ -165,8 +165,9 @@ def test_stages_refuse_an_older_checkpoint_before_they_start(project, old_checkp
 
 
 HOW = ("missing", "empty", "truncated", "random", "photo")
-KINDS = {"best.pt": ("best.pt",), "model.onnx": ("model.onnx", "model.json", "classifier.onnx"),
+KINDS = {"best.pt": ("best.pt",), "model.onnx": ("model.onnx", "model.json", "closeup.onnx", "classifier.onnx"),
          "model.xml": ("openvino/fp32/model.xml", "openvino/fp32/model.bin", "openvino/fp32/model.json",
+                       "openvino/fp32/closeup.xml", "openvino/fp32/closeup.bin",
                        "openvino/fp32/classifier.onnx", "openvino/fp32/classifier.xml", "openvino/fp32/classifier.bin")}
 
 
@@ -216,6 +217,8 @@ def test_a_models_folder_whose_model_cannot_be_used_is_one_line_and_exit_2(broke
     ("model.json", "photo", "model.json cannot be read (UnicodeDecodeError)"),
     ("classifier.onnx", "truncated", "classifier.onnx: ONNX Runtime cannot read it"),
     ("openvino/fp32/model.bin", "truncated", "model.xml: OpenVINO cannot read it (Incorrect weights in bin file!)"),
+    ("openvino/fp32/closeup.bin", "truncated", "closeup.xml: OpenVINO cannot read it (Incorrect weights in bin file!)"),
+    ("closeup.onnx", "random", "closeup.onnx is not an ONNX model"),
 ])
 def test_a_broken_part_of_an_exported_model_is_named(model, photo, tmp_path, part, how, says):
     folder = tmp_path / "models"

@@ -20,6 +20,8 @@ QUICK = {
     "train.detector.epochs": 1,
     "train.detector.imgsz": 320,
     "train.detector.batch": 8,
+    "train.closeup_detector.epochs": 1,
+    "train.closeup_detector.imgsz": 160,
     "train.classifier.epochs": 2,
     "train.calibration_images": 10,
     "evaluate.latency_runs": 3,
