@@ -97,8 +97,10 @@ def test_one_training_is_one_mlflow_run_with_everything(pipeline):
     record = json.loads((copy / "models" / "train_run.json").read_text())
     client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("maskdet").experiment_id])
-    assert [r.info.run_id for r in runs] == [record["run_id"]]
-    run_ = runs[0]
+    parents = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs}
+    assert [run_id for run_id, parent in parents.items() if parent is None] == [record["run_id"]]
+    assert [parent for parent in parents.values() if parent] == [record["run_id"]]  # the close-up detector's run, nested
+    run_ = client.get_run(record["run_id"])
     assert run_.data.tags["data.version"] == record["data_version"] != ""
     assert run_.data.tags["git.commit"] not in ("", "unknown")
     assert "maskdet.train.classifier.lr" in run_.data.params
