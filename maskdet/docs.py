@@ -134,7 +134,7 @@ def _interval(metrics: dict, key: str) -> str:
     return f"[{low:.3f}–{high:.3f}]"
 
 def _percent(share: float) -> str:
-    return f"{share:.0%}"
+    return f"{share:.1%}"
 
 def _sizes(metrics: dict, key: str) -> str:
     return " / ".join(f"{row[key]:.3f}" if row.get(key) is not None else "—" for row in metrics["by_face_size"].values())

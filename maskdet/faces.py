@@ -12,11 +12,13 @@ import numpy as np
 from fastcore.basics import patch
 from PIL import Image
 
+from .core import CLASSES
 from .detections import Detections, lowest_threshold
 
 # %% auto #0
 __all__ = ['STRIDE', 'DETECTOR_BATCH', 'square_regions', 'crop_faces', 'fit_box_calibration', 'letterbox', 'as_tensor', 'nms',
-           'decode_faces', 'detector_sizes', 'closeup_sizes', 'merge_passes', 'detect_faces', 'Backend']
+           'decode_faces', 'large_faces', 'detector_sizes', 'closeup_sizes', 'merge_passes', 'detect_faces',
+           'set_aside_no_face', 'Backend']
 
 # %% ../nbs/02_faces.ipynb #be8df265
 def square_regions(boxes: np.ndarray, margin: float) -> np.ndarray:
@@ -101,6 +103,13 @@ def _share_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
     return inter / np.maximum((a[:, 2:] - a[:, :2]).prod(axis=1), 1e-9)[:, None]
 
+def large_faces(boxes: np.ndarray, shape: tuple, share: float | None) -> np.ndarray:
+    "Whether each box's longer side is at least `share` of the longer side of an image of `shape` (`share` None: none is)."
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    if share is None:
+        return np.zeros(len(boxes), bool)
+    return (boxes[:, 2:] - boxes[:, :2]).max(axis=1) >= share * max(shape[:2])
+
 def detector_sizes(config: dict) -> list[int]:
     "The detector's input sizes, one pass over the whole image each (a model saved before there were several: its one size)."
     return [int(size) for size in config.get("detector_sizes") or [config["detector_imgsz"]]]
@@ -114,7 +123,7 @@ def merge_passes(passes: list[tuple[np.ndarray, np.ndarray]], config: dict, shap
     boxes = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b, _ in passes])
     conf = np.concatenate([np.asarray(c, float).reshape(-1) for _, c in passes])
     finest = np.arange(len(boxes)) < len(np.asarray(passes[0][1]).reshape(-1))
-    large = (boxes[:, 2:] - boxes[:, :2]).max(axis=1) >= config.get("coarse_min_face", 0) * max(shape[:2])
+    large = large_faces(boxes, shape, config.get("coarse_min_face", 0))
     candidates = np.flatnonzero(finest | large)
     kept = candidates[nms(boxes[candidates], conf[candidates], config["detector_iou"])]
     if len(passes) > 1 and config.get("face_part"):
@@ -142,6 +151,16 @@ def detect_faces(images: list[np.ndarray], run, config: dict) -> list[tuple[np.n
                 for i, output in zip(chunk, outputs):
                     passes[i].append(decode_faces(output, config, *inputs[i][1:], images[i].shape))
     return [merge_passes(found, config, image.shape) for found, image in zip(passes, images)]
+
+# %% ../nbs/02_faces.ipynb #9ff5a6ab
+def set_aside_no_face(probabilities: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    "Class probabilities (N, 3 or 4) with the `chosen` faces' \"no face\" set to 0 and their classes renormalised; three-class ones as they are."
+    probabilities = np.array(probabilities, dtype=float)
+    if probabilities.ndim == 2 and probabilities.shape[1] == len(CLASSES) + 1:
+        no_face = probabilities[chosen, -1:]
+        probabilities[chosen, :-1] /= np.maximum(1 - no_face, 1e-12)
+        probabilities[chosen, -1] = 0
+    return probabilities
 
 # %% ../nbs/02_faces.ipynb #171ffe4f
 class Backend(ABC):
@@ -171,12 +190,19 @@ def classify_batch(self: Backend, images: list[np.ndarray], floor: float = 0.0) 
     found = [(boxes[conf >= floor], conf[conf >= floor]) for boxes, conf in self.faces_batch(images)]
     crops = [crop_faces(image, boxes, self.config["crop_size"], self.config["margin"]) for image, (boxes, _) in zip(images, found)]
     probabilities = np.split(self.probabilities(np.concatenate(crops)), np.cumsum([len(c) for c in crops])[:-1])
-    return [Detections.from_faces(boxes, conf, p) for (boxes, conf), p in zip(found, probabilities)]
+    return [self.labelled(image.shape, boxes, conf, p) for image, (boxes, conf), p in zip(images, found, probabilities)]
+
+@patch
+def labelled(self: Backend, shape: tuple, boxes: np.ndarray, face_conf: np.ndarray, probabilities: np.ndarray) -> Detections:
+    "The faces of an image of `shape` (boxes, detector confidences, classifier probabilities) as `Detections`; faces of at least `large_face` of the image keep the detector's confidence."
+    large = large_faces(boxes, shape, self.config.get("large_face"))
+    return Detections.from_faces(boxes, face_conf, set_aside_no_face(probabilities, large))
 
 @patch
 def classify_faces(self: Backend, image: np.ndarray, boxes: np.ndarray, face_conf: np.ndarray) -> Detections:
     "Faces found in an RGB image before (boxes, face confidences), labelled, with their class probabilities."
-    return Detections.from_faces(boxes, face_conf, self.probabilities(crop_faces(image, boxes, self.config["crop_size"], self.config["margin"])))
+    return self.labelled(image.shape, boxes, face_conf,
+                         self.probabilities(crop_faces(image, boxes, self.config["crop_size"], self.config["margin"])))
 
 @patch
 def classify(self: Backend, image: np.ndarray, floor: float = 0.0) -> Detections:

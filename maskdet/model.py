@@ -237,7 +237,7 @@ def _closeup_network(checkpoint: dict, face_network: nn.Module) -> nn.Module:
 
 def default_config(params: dict) -> dict:
     "Model settings from the `model` section of params.yaml, thresholds at their defaults."
-    keys = ("detector_sizes", "closeup_sizes", "detector_conf", "detector_iou", "coarse_min_face", "face_part", "max_faces", "crop_size", "margin")
+    keys = ("detector_sizes", "closeup_sizes", "detector_conf", "detector_iou", "coarse_min_face", "face_part", "large_face", "max_faces", "crop_size", "margin")
     return {**{k: params[k] for k in keys}, "thresholds": {c: params["default_threshold"] for c in CLASSES}, "box_calibration": None}
 
 # %% ../nbs/04_model.ipynb #2b86897c
