@@ -237,7 +237,7 @@ def find_model(model: Path | str) -> Path:
     "The model file for a file, a folder (its fastest model) or a registry URI such as models:/maskdet@champion; `ModelNotFound` if none."
     if str(model).startswith(("models:/", "runs:/")):
         from maskdet.registry import model_path
-        return model_path(model)
+        return find_model(model_path(model))
     path = Path(model)
     if path.is_dir():
         found = [path / name for name in MODEL_FILES if (path / name).is_file()]

@@ -14,6 +14,7 @@ from conftest import BIN, copy_project, run, set_params
 
 from maskdet.core import CLASSES
 from maskdet.readers import sample_voc
+from maskdet.registry import model_path
 
 QUICK = {
     "model.detector_sizes": [320, 160],
@@ -99,7 +100,8 @@ def test_one_training_is_one_mlflow_run_with_everything(pipeline):
     runs = client.search_runs([client.get_experiment_by_name("maskdet").experiment_id])
     parents = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs}
     assert [run_id for run_id, parent in parents.items() if parent is None] == [record["run_id"]]
-    assert [parent for parent in parents.values() if parent] == [record["run_id"]]  # the close-up detector's run, nested
+    # the close-up detector's run, nested
+    assert [parent for parent in parents.values() if parent] == [record["run_id"]]
     run_ = client.get_run(record["run_id"])
     assert run_.data.tags["data.version"] == record["data_version"] != ""
     assert run_.data.tags["git.commit"] not in ("", "unknown")
@@ -122,6 +124,13 @@ def test_registry_gate_keeps_the_champion_when_a_version_fails(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlruns' / 'mlflow.db'}")
     assert int(client.get_model_version_by_alias("maskdet", "champion").version) == 1
     assert int(client.get_model_version_by_alias("maskdet", "challenger").version) == 2
+    # each version holds the served files (export ran first), loadable without torch
+    mlflow.set_tracking_uri(f"sqlite:///{copy / 'mlruns' / 'mlflow.db'}")
+    try:
+        served = {path.name for path in model_path("models:/maskdet@champion").iterdir()}
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert {"best.pt", "model.json", "model.onnx", "closeup.onnx", "classifier.onnx", "openvino"} <= served
 
 
 def test_tune_compares_trials_in_mlflow(pipeline):
