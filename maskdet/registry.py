@@ -85,7 +85,7 @@ class MaskdetModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.detector = Detector(context.artifacts["model"])
 
-    def predict(self, context, model_input, params=None):  # the hint: MLflow infers no schema, and says nothing
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # the hint: MLflow infers no schema, and says nothing
         return detections_of(self.detector, model_input)
 
 # %% ../nbs/07_registry.ipynb #31bb56eb
