@@ -5,30 +5,17 @@
 # %% ../nbs/07_registry.ipynb #6f8ab1ae
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
-import maskdet
-from .core import CLASSES, ModelError, ModelNotFound, Settings
-from .detections import Detections
-from .faces import detector_sizes
-from .inference import Detector, find_model
-from .uploads import boxes_in, decode_upload, open_upload
+from .core import CLASSES, ModelError, ModelNotFound
 
 # %% auto #0
-__all__ = ['DETECTION_COLUMNS', 'SERVED_FILES', 'SERVED_PACKAGES', 'promotion_decision', 'input_images', 'detection_table',
-           'detections_of', 'MaskdetModel', 'served_requirements', 'served_copy', 'log_pyfunc', 'register_model',
-           'model_path']
+__all__ = ['promotion_decision', 'register_model', 'model_path']
 
 # %% ../nbs/07_registry.ipynb #983a2e30
 def promotion_decision(candidate: dict, champion: dict | None, max_class_drop: float) -> tuple[bool, str]:
@@ -45,69 +32,6 @@ def promotion_decision(candidate: dict, champion: dict | None, max_class_drop: f
     return True, (f"test mAP50 {candidate['mAP50']:.4f} >= champion's {champion['mAP50']:.4f} and no class AP50 drops "
                   f"by more than {max_class_drop}")
 
-# %% ../nbs/07_registry.ipynb #8f63e369
-DETECTION_COLUMNS = ("image", "label", "confidence", "x1", "y1", "x2", "y2")
-
-def input_images(model_input) -> list:
-    "The images of a pyfunc input: the `image` column (or the only column) of a DataFrame, else a list of images or one array."
-    if isinstance(model_input, pd.DataFrame):
-        column = "image" if "image" in model_input else model_input.columns[0]
-        return list(model_input[column])
-    if isinstance(model_input, np.ndarray) and model_input.ndim == 3:
-        return [model_input]
-    return list(model_input)
-
-def _predicted(detector: Detector, image) -> Detections:
-    "The detections of one pyfunc image: encoded bytes (checked and decoded as the API does) or an RGB uint8 array."
-    if isinstance(image, (bytes, bytearray)):
-        upload = open_upload(bytes(image), Settings.from_env().max_pixels, max(detector_sizes(detector.config)))
-        rgb, size = decode_upload(upload)
-        return boxes_in(detector.predict(rgb), rgb.shape[1::-1], size)
-    rgb = np.asarray(image)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"an image array must be RGB uint8 of shape (height, width, 3), not {rgb.dtype} {rgb.shape}: "
-                         "send the encoded file's bytes instead")
-    return detector.predict(rgb)
-
-def detection_table(found: list[Detections]) -> pd.DataFrame:
-    "One row per detection: the number of its image, label, confidence and box (x1, y1, x2, y2) in that image's pixels."
-    rows = [{"image": i, "label": d["label"], "confidence": d["confidence"], **dict(zip(("x1", "y1", "x2", "y2"), d["box"]))}
-            for i, detections in enumerate(found) for d in detections.to_dicts()]
-    return pd.DataFrame(rows, columns=list(DETECTION_COLUMNS)).astype({"image": "int64", "confidence": "float64", "x1": "float64",
-                                                                       "y1": "float64", "x2": "float64", "y2": "float64"})
-
-def detections_of(detector: Detector, model_input) -> pd.DataFrame:
-    "What the pyfunc model answers: the `detection_table` of the `input_images` of `model_input`."
-    return detection_table([_predicted(detector, image) for image in input_images(model_input)])
-
-class MaskdetModel(mlflow.pyfunc.PythonModel):
-    "The maskdet model as an MLflow pyfunc model: images (encoded bytes or RGB arrays) in, one row per detection out."
-    def load_context(self, context):
-        self.detector = Detector(context.artifacts["model"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None):  # the hint: MLflow infers no schema, and says nothing
-        return detections_of(self.detector, model_input)
-
-# %% ../nbs/07_registry.ipynb #31bb56eb
-SERVED_FILES = ("best.pt", "model.json", "model.onnx", "closeup.onnx", "classifier.onnx", "openvino")
-SERVED_PACKAGES = ("mlflow-skinny", "numpy", "pandas", "pillow", "pyyaml", "opencv-python-headless", "fastcore", "onnxruntime", "openvino")
-
-def served_requirements() -> list[str]:
-    "The pip requirements of the pyfunc model: `SERVED_PACKAGES` pinned to the versions installed here."
-    return [f"{name}=={importlib.metadata.version(name)}" for name in SERVED_PACKAGES]
-
-def served_copy(models: Path, target: Path) -> Path:
-    "`target` holding the `SERVED_FILES` found in the folder `models` (a `best.pt` file stands for its folder); `ModelNotFound` if none."
-    models = Path(models)
-    folder = models.parent if models.is_file() else models
-    present = [folder / name for name in SERVED_FILES if (folder / name).exists()]
-    if not present:
-        raise ModelNotFound(f"no model in {folder}/ (looked for {', '.join(SERVED_FILES)}): train and export one with `dvc repro`")
-    target.mkdir(parents=True, exist_ok=True)
-    for path in present:
-        (shutil.copytree if path.is_dir() else shutil.copy2)(path, target / path.name)
-    return target
-
 # %% ../nbs/07_registry.ipynb #0da146b7
 def _version_metrics(version) -> dict | None:
     "The test metrics stored with a model version."
@@ -121,26 +45,13 @@ def _alias_version(client: mlflow.MlflowClient, name: str, alias: str):
         return None
 
 # %% ../nbs/07_registry.ipynb #a405837e
-def log_pyfunc(models: Path, example: bytes):
-    "Log the served model in `models` as the pyfunc `model` of the active run, its signature and input example from the image `example`."
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = served_copy(models, Path(tmp) / "maskdet")
-        example_input = pd.DataFrame({"image": [example]})
-        example_output = detections_of(Detector(folder), example_input)
-        return mlflow.pyfunc.log_model(name="model", python_model=MaskdetModel(), artifacts={"model": str(folder)},
-                                       code_paths=[str(Path(maskdet.__file__).parent)], pip_requirements=served_requirements(),
-                                       signature=infer_signature(example_input, example_output), input_example=example_input)
-
-def register_model(models: Path, run_id: str, metrics: dict, name: str, max_class_drop: float, example: bytes, data_version: str = "",
+def register_model(model_uri: str, run_id: str, metrics: dict, name: str, max_class_drop: float, data_version: str = "",
                    rescore: Callable[[Path], dict] | None = None) -> dict:
-    "Register the served model in `models` (of run `run_id`) as a version of `name` and apply the gate; `rescore(folder)`: the champion's metrics now."
+    "Register the model logged at `model_uri` (in run `run_id`) as a version of `name` and apply the gate; `rescore(folder)`: the champion's metrics now."
     client = mlflow.MlflowClient()
-    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
-    with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc(models, example)
     tags = {"metrics": json.dumps(metrics), "mAP50": f"{metrics['mAP50']:.4f}", "data.version": data_version,
-            "thresholds": json.dumps(Detector(find_model(models)).thresholds)}
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
+            "thresholds": json.dumps(metrics.get("thresholds")), "run_id": run_id}
+    version = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, "challenger", version.version)
     champion = _alias_version(client, name, "champion")
     champion_metrics, rescored, note = _version_metrics(champion), False, ""

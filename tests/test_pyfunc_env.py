@@ -13,7 +13,7 @@ from conftest import wait_until
 
 from maskdet.inference import Detector
 from maskdet.launch import free_port
-from maskdet.registry import detections_of, log_pyfunc
+from maskdet.pyfunc import detections_of, log_pyfunc
 
 
 @pytest.fixture
