@@ -78,12 +78,10 @@ def served_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in SERVED_PACKAGES]
 
 def served_copy(models: Path, target: Path) -> Path:
-    "`target` holding the `SERVED_FILES` found in the folder `models` (a `best.pt` file stands for its folder); `ModelNotFound` if none."
-    models = Path(models)
-    folder = models.parent if models.is_file() else models
-    present = [folder / name for name in SERVED_FILES if (folder / name).exists()]
+    "`target` holding the `SERVED_FILES` found in the folder `models`; `ModelNotFound` if none."
+    present = [Path(models) / name for name in SERVED_FILES if (Path(models) / name).exists()]
     if not present:
-        raise ModelNotFound(f"no model in {folder}/ (looked for {', '.join(SERVED_FILES)}): train and export one with `dvc repro`")
+        raise ModelNotFound(f"no model in {models}/ (looked for {', '.join(SERVED_FILES)}): train and export one with `dvc repro`")
     target.mkdir(parents=True, exist_ok=True)
     for path in present:
         (shutil.copytree if path.is_dir() else shutil.copy2)(path, target / path.name)

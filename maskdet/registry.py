@@ -50,7 +50,7 @@ def register_model(model_uri: str, run_id: str, metrics: dict, name: str, max_cl
     "Register the model logged at `model_uri` (in run `run_id`) as a version of `name` and apply the gate; `rescore(folder)`: the champion's metrics now."
     client = mlflow.MlflowClient()
     tags = {"metrics": json.dumps(metrics), "mAP50": f"{metrics['mAP50']:.4f}", "data.version": data_version,
-            "thresholds": json.dumps(metrics.get("thresholds")), "run_id": run_id}
+            "thresholds": json.dumps(metrics.get("thresholds"))}
     version = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, "challenger", version.version)
     champion = _alias_version(client, name, "champion")
