@@ -30,6 +30,7 @@ extras = {
         "uvicorn[standard]==0.38.0",
         "python-multipart>=0.0.20",
         "prometheus-client>=0.23",
+        "mlflow-skinny==3.17.2",  # a registry model (models:/maskdet@champion): its exported files, downloaded without torch
     ],
     "train": [
         # torch 2.14.1/torchvision 0.29.1 are the pair on this machine's disk; PyPI's torchvision

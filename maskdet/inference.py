@@ -23,9 +23,10 @@ from .detections import Detections, draw
 from .faces import Backend, as_tensor, closeup_sizes, detector_sizes, letterbox
 
 # %% auto #0
-__all__ = ['SIGNATURES', 'COMPILED_SHAPES', 'COMPILE_AFTER', 'MODEL_FILES', 'BACKENDS', 'export_onnx', 'export_openvino',
-           'quantize_openvino', 'exported_config', 'onnxruntime_runner', 'openvino_runner', 'classifier_runner',
-           'ExportedModel', 'find_model', 'installed', 'pick_backend', 'file_version', 'as_rgb', 'Detector']
+__all__ = ['SIGNATURES', 'COMPILED_SHAPES', 'COMPILE_AFTER', 'MODEL_FILES', 'BACKENDS', 'EXPORTED_NETWORKS', 'export_onnx',
+           'export_openvino', 'quantize_openvino', 'exported_config', 'onnxruntime_runner', 'openvino_runner',
+           'classifier_runner', 'ExportedModel', 'find_model', 'installed', 'pick_backend', 'model_files',
+           'model_version', 'as_rgb', 'Detector']
 
 # %% ../nbs/08_inference.ipynb #eb5ae657
 def _export_detector(network, size: int, target: Path) -> Path:
@@ -269,9 +270,22 @@ def pick_backend(path: Path, backend: str = "auto") -> str:
     raise ImportError(f"{path.name} needs {' or '.join(able)}: pip install it (e.g. `pip install -e .[serve]`)")
 
 # %% ../nbs/08_inference.ipynb #9ecac8b9
-def file_version(path: Path) -> str:
-    "A short content hash of a model file, naming the model version in logs and answers."
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+EXPORTED_NETWORKS = ("model", "closeup", "classifier")  # the networks of an exported model, beside its model.json
+
+def model_files(path: Path) -> list[Path]:
+    "The files that make the model at `path` what it is: a `best.pt` alone; an exported model's networks (ONNX, or OpenVINO XML and weights) and its model.json."
+    if path.suffix == ".pt":
+        return [path]
+    return sorted(p for p in path.parent.iterdir()
+                  if (p.stem in EXPORTED_NETWORKS and p.suffix in (".onnx", ".xml", ".bin")) or p.name == "model.json")
+
+def model_version(path: Path) -> str:
+    "A short content hash of the files of the model at `path`, naming the model version in logs and answers."
+    digest = hashlib.sha256()
+    for file in model_files(path):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
 
 # %% ../nbs/08_inference.ipynb #8188d7ee
 def as_rgb(image) -> np.ndarray:
@@ -294,7 +308,7 @@ class Detector:
         else:
             self.model = ExportedModel(self.path, self.backend, threads, precision)
         self.precision = precision
-        self.source, self.config, self.version = str(model), self.model.config, file_version(self.path)
+        self.source, self.config, self.version = str(model), self.model.config, model_version(self.path)
 
     @property
     def thresholds(self) -> dict[str, float]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .core import CLASSES, Settings, project_paths
 from .detections import Detections, colour, compliance_rate, draw
-from .inference import file_version, find_model, pick_backend
+from .inference import find_model, model_version, pick_backend
 from .predictions import PredictionLog, jpeg_bytes
 from .widgets import message, message_html, png_bytes, table_html
 
@@ -96,7 +96,7 @@ def _model_panel(settings: Settings, reports: Path) -> W.Widget:
         path = find_model(settings.model if settings.model.startswith(("models:/", "runs:/")) else settings.path("model"))
         backend = pick_backend(path, settings.backend)
         parts.append(W.HTML(table_html([("name", "maskdet"), ("model", settings.model), ("file", str(path)),
-                                         ("version", file_version(path)), ("backend", backend)])))
+                                         ("version", model_version(path)), ("backend", backend)])))
     except Exception as error:
         parts.append(message(f"no serving model: {error}", "warning"))
     metrics = _read_json(Path(reports) / "metrics.json")

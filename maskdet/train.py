@@ -45,12 +45,25 @@ __all__ = ['finetune_detector', 'write_yolo_picture', 'write_yolo_set', 'detecto
            'train_model', 'draw_trials', 'tune_classifier']
 
 # %% ../nbs/06_train.ipynb #5dbefaa7
-def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path) -> Path:
-    "Fine-tune the face detector on every face of `dataset_yaml` as one class (`settings`: train.detector, over `augment`); returns its best weights."
+def _epoch_progress(name: str):
+    "An ultralytics callback that says each epoch of the detector `name` on the log, with its val face mAP: training is never silent."
+    told = set()  # ultralytics calls it once more after the last epoch, for the final validation of the best one
+    def said(trainer) -> None:
+        if trainer.epoch in told:
+            return
+        told.add(trainer.epoch)
+        metrics = trainer.metrics or {}
+        _log.info("%s epoch %d/%d: val face mAP50 %.4f, mAP50-95 %.4f", name, trainer.epoch + 1, trainer.epochs,
+                  metrics.get("metrics/mAP50(B)", float("nan")), metrics.get("metrics/mAP50-95(B)", float("nan")))
+    return said
+
+def finetune_detector(dataset_yaml: Path, weights: Path, settings: dict, augment: dict, run_dir: Path, name: str) -> Path:
+    "Fine-tune the face detector `name` on every face of `dataset_yaml` as one class (`settings`: train.detector, over `augment`); returns its best weights."
     from ultralytics import YOLO
     if settings["epochs"] <= 0:
         return Path(weights)
     model = YOLO(weights)
+    model.add_callback("on_fit_epoch_end", _epoch_progress(name))
     model.train(data=str(dataset_yaml), single_cls=True, project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
                 workers=0, plots=True, verbose=False, **(augment | {k: v for k, v in settings.items() if k != "data"}))
     return Path(model.trainer.best)
@@ -261,7 +274,7 @@ def trained_detector(paths: ProjectPaths, params: dict, photos: dict[str, list[L
     starting = calibrated_detector(weights, backbone, params["model"], photos["train"][: params["train"]["calibration_images"]])
     with tempfile.TemporaryDirectory() as tmp:
         data = detector_training_set(photos["train"], photos["val"], starting, settings["data"], Path(tmp), settings["seed"])
-        return finetune_detector(data, weights, settings, params["augment"], paths.runs / "detector")
+        return finetune_detector(data, weights, settings, params["augment"], paths.runs / "detector", "face detector")
 
 # %% ../nbs/06_train.ipynb #d88279c7
 def closeup_training_set(train: list[LabelledImage], val: list[LabelledImage], settings: dict, target: Path, seed: int = 0) -> Path:
@@ -280,7 +293,7 @@ def trained_closeup_detector(paths: ProjectPaths, params: dict, photos: dict[str
         return None
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="close-up detector", nested=True):
         data = closeup_training_set(photos["train"], photos["val"], settings["data"], Path(tmp), settings["seed"])
-        return finetune_detector(data, paths.resolve(params["inputs"]["weights"]), settings, params["augment"], paths.runs / "closeup")
+        return finetune_detector(data, paths.resolve(params["inputs"]["weights"]), settings, params["augment"], paths.runs / "closeup", "close-up detector")
 
 # %% ../nbs/06_train.ipynb #d567b4c7
 def data_version(paths: ProjectPaths, processed: Path) -> str:

@@ -52,6 +52,9 @@ def test_repro_runs_every_stage_and_writes_the_metrics(pipeline):
     # the stages say what they do while they run: each classifier epoch of the 2 x (3 members + the student)
     epochs = re.findall(r"classifier epoch (\d+)/8: loss", done.stdout + done.stderr)
     assert epochs == [str(n) for n in range(1, 9)], epochs
+    # ... and each epoch of the two detectors ultralytics fine-tunes (quietly: verbose=False)
+    for detector in ("face detector", "close-up detector"):
+        assert re.search(rf"{detector} epoch 1/1: val face mAP50 \d\.\d{{4}}", done.stdout + done.stderr), detector
     metrics = json.loads((copy / "reports" / "metrics.json").read_text())
     assert {"mAP50", "mAP50_95", "mAP50_top1", "precision", "recall", "per_class"} <= set(metrics)
     assert set(metrics["per_class"]) == set(CLASSES)

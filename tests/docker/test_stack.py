@@ -9,8 +9,10 @@ MLflow's admin password): each service must refuse a request without its secret 
 no secret may appear in the services' logs. The API serves the `model` fixture of conftest.py; the drift
 reference is 120 real photos prepared as the pipeline prepares them. Real photos go through the published API
 port; the dashboards and MLflow must answer; the drift job must write its decision about the logged
-predictions into its volume. At the end `down -v` removes containers and volumes, and the images this build
-replaced are pruned.
+predictions into its volume. Two versions of the model are then registered in the stack's MLflow as the
+register stage logs them: the API restarted on models:/maskdet@champion downloads and serves the champion,
+and after the alias moves to the other version and `compose restart api`, that one. At the end `down -v`
+removes containers and volumes, and the images this build replaced are pruned.
 """
 
 import json
@@ -21,14 +23,16 @@ import time
 from pathlib import Path
 
 import httpx
+import mlflow
 import numpy as np
 import pytest
 from conftest import run, wait_until
 
 from maskdet.core import IMAGE_SUFFIXES, load_params
-from maskdet.inference import Detector
+from maskdet.inference import Detector, find_model, model_version
 from maskdet.launch import free_port
 from maskdet.prepare import prepare_dataset
+from maskdet.pyfunc import log_pyfunc
 from maskdet.readers import sample_voc
 
 STARTED_WITHIN_S = 300
@@ -117,8 +121,8 @@ def stack(project, docker_daemon, model, reference):
     }
     command = [*compose_command(), "-f", project.root / "deployment" / "docker-compose.yml"]
 
-    def compose(*args, check=True):
-        return run([*command, *args], project.root, check, extra_env=env)
+    def compose(*args, check=True, **settings):
+        return run([*command, *args], project.root, check, extra_env=env | settings)
 
     started = time.monotonic()
     compose("build")
@@ -222,6 +226,64 @@ def test_mlflow_asks_for_its_password_and_keeps_a_registry(stack):
     assert created.status_code == 200, created.text
     listed = httpx.get(search, auth=admin).json()
     assert [m["name"] for m in listed["registered_models"]] == ["maskdet"]
+
+
+@pytest.fixture
+def stack_registry(stack, monkeypatch):
+    """An MLflow client of the stack's MLflow server, logged in as its admin."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", MLFLOW_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", MLFLOW_PASSWORD)
+    url, before = f"http://127.0.0.1:{stack['ports']['mlflow']}", mlflow.get_tracking_uri()
+    wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "MLflow's /health", STARTED_WITHIN_S, interval=2)
+    mlflow.set_tracking_uri(url)
+    mlflow.set_experiment("stack")
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(before)
+
+
+def stricter_copy(model, target):
+    """The model folder `model` copied with higher class thresholds in its model.json files: another version."""
+    shutil.copytree(model, target)
+    for settings in target.rglob("model.json"):
+        config = json.loads(settings.read_text())
+        config["thresholds"] = {label: 0.6 for label in config["thresholds"]}
+        settings.write_text(json.dumps(config))
+    return target
+
+
+def registered(models, example):
+    """A new version of the registered model `maskdet`: the served model of the folder `models`, logged as the
+    pipeline's register stage logs it."""
+    with mlflow.start_run():
+        logged = log_pyfunc(models, example)
+    return mlflow.register_model(logged.model_uri, "maskdet").version
+
+
+def served_version(url):
+    answer = httpx.get(f"{url}/model", headers=AUTHORIZED, timeout=10)
+    return answer.status_code == 200 and answer.json()["version"]
+
+
+def test_the_api_serves_the_champion_of_the_registry_and_a_promoted_version_after_a_restart(
+        stack, stack_registry, model, photos, tmp_path):
+    versions = [registered(folder, photos[0].read_bytes()) for folder in (model, stricter_copy(model, tmp_path / "v2"))]
+    stack_registry.set_registered_model_alias("maskdet", "champion", versions[0])
+    stack["compose"]("up", "-d", "--no-deps", "api", MASKDET_MODEL="models:/maskdet@champion")
+    url = f"http://127.0.0.1:{stack['ports']['api']}"
+    expected = model_version(find_model(model))
+    wait_until(lambda: served_version(url) == expected, f"the API serving version {versions[0]} ({expected})",
+               STARTED_WITHIN_S, interval=2)
+
+    stack_registry.set_registered_model_alias("maskdet", "champion", versions[1])
+    stack["compose"]("restart", "api")
+    expected = model_version(find_model(tmp_path / "v2"))
+    wait_until(lambda: served_version(url) == expected,
+               f"the API serving version {versions[1]} ({expected}) after a restart", STARTED_WITHIN_S, interval=2)
+    answer = httpx.post(f"{url}/predict", files={"file": upload(photos[1])}, headers=AUTHORIZED, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"]["version"] == expected
+    served = [d["label"] for d in answer.json()["detections"]]
+    assert served == [d["label"] for d in Detector(tmp_path / "v2").predict(photos[1]).to_dicts()]
 
 
 def test_no_secret_reaches_the_logs(stack):
