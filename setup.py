@@ -2,7 +2,8 @@
 
 Extras split the stack by role so that a container installs only what it runs:
 `serve` (ONNX Runtime/OpenVINO inference + API, no torch), `train` (torch + ultralytics + tracking + pipeline),
-`monitor` (evidently), `tracking` (the MLflow server), `dashboard` (Voila), `dev` (nbdev, tests, lint); `all` is everything.
+`monitor` (evidently), `tracking` (the MLflow server), `dashboard` (Voila), `ray` (archive inference on a Ray
+cluster), `dev` (nbdev, tests, lint); `all` is everything.
 """
 from configparser import ConfigParser
 
@@ -50,6 +51,7 @@ extras = {
         "scikit-learn>=1.4",  # grouped, stratified folds (maskdet crossval)
     ],
     "monitor": ["evidently==0.7.16", "tenacity>=9"],  # tenacity: the drift webhook retries
+    "ray": ["ray[data]==2.60.0"],  # archive inference on a Ray cluster (maskdet predict --ray)
     "tracking": ["mlflow[auth]==3.17.2"],  # auth: the basic-auth app of the MLflow server in compose
     "dashboard": [
         "voila==0.5.11",

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
-from .core import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ModelError, Settings, cpu_threads, setup_runtime
+from .core import VIDEO_SUFFIXES, ModelError, Settings, cpu_threads, setup_runtime
 from maskdet.stages import (
     UserError,
     crossval_command,
@@ -66,15 +67,11 @@ def _settings() -> Settings:
 # %% ../nbs/13a_cli.ipynb #fb24a72a
 def _media_inputs(names: list[str]) -> list[Path]:
     "Image and video files named, or found in the folders named."
-    files = []
-    for name in map(Path, names):
-        if name.is_dir():
-            files += sorted(p for p in name.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
-        elif name.is_file():
-            files.append(name)
-        else:
-            raise UserError(f"{name} not found: name image or video files, or folders of images.")
-    return files
+    from maskdet.archive import media_files
+    try:
+        return [file for _, file in media_files(names)]
+    except FileNotFoundError as error:
+        raise UserError(f"{error}.") from None
 
 # %% ../nbs/13a_cli.ipynb #57b5ff16
 def _predict_video(detector, video: Path, conf: float | None, every: int, annotated: Path | None, quiet: bool) -> list[dict]:
@@ -112,6 +109,25 @@ def _predict_video(detector, video: Path, conf: float | None, every: int, annota
     return results
 
 # %% ../nbs/13a_cli.ipynb #bad7898f
+def _predict_on_ray(args: argparse.Namespace) -> None:
+    "`maskdet predict --ray`: the archive job of `maskdet.archive` into the Parquet folder `--out`, then its summary."
+    from maskdet.inference import find_model
+    if not args.out:
+        raise UserError("--ray writes its results to a Parquet folder: name it with --out (e.g. --out results.parquet).")
+    if args.json or args.save_annotated:
+        raise UserError("--ray writes Parquet to --out; --json and --save-annotated work without --ray.")
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("--ray needs Ray: pip install -e '.[ray]'.")
+    from maskdet.archive import archive_summary, predict_archive
+    setup_runtime()
+    find_model(args.model)  # a model that is not there is one line here, not an actor failing on every worker
+    try:
+        results = predict_archive(args.images, args.out, args.model, args.every, args.workers, args.threads, args.conf, args.backend)
+    except FileNotFoundError as error:
+        raise UserError(f"{error}.") from None
+    print(archive_summary(results).to_string())
+    print(f"{len(results)} rows in {args.out}")
+
 def predict_command(args: argparse.Namespace) -> None:
     "Detect faces and masks in images, folders and videos."
     from PIL import Image
@@ -119,6 +135,8 @@ def predict_command(args: argparse.Namespace) -> None:
 
     from maskdet.detections import draw
     from maskdet.inference import Detector, as_rgb
+    if args.ray:
+        return _predict_on_ray(args)
     setup_runtime()
     try:
         detector = Detector(args.model, args.backend)
@@ -233,6 +251,11 @@ def _add_service_commands(commands) -> None:
     predict.add_argument("--json", action="store_true", help="print JSON instead of one line per face")
     predict.add_argument("--conf", type=float, help="one confidence threshold for all classes (default: the model's per-class ones)")
     predict.add_argument("--save-annotated", metavar="DIR", help="write each image with its detections drawn to DIR")
+    predict.add_argument("--ray", action="store_true",
+                         help="run on a Ray cluster (RAY_ADDRESS, else a local one) into the Parquet folder --out; a rerun resumes")
+    predict.add_argument("--out", metavar="FOLDER", help="with --ray: the Parquet folder of the results, one row per detection")
+    predict.add_argument("--workers", type=int, default=1, help="with --ray: Detector actors working at once (default 1)")
+    predict.add_argument("--threads", type=int, default=1, help="with --ray: CPU threads of each actor (default 1)")
     predict.set_defaults(func=predict_command)
     serve = commands.add_parser("serve", help="run the HTTP API (settings: MASKDET_* environment variables)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
