@@ -15,7 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core import CLASSES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from .core import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from .detections import compliance_rate
 from .inference import Detector, as_rgb
 
 _log = logging.getLogger(__name__)
@@ -164,11 +165,11 @@ def predict_archive(names: list[Path | str], out: Path | str, model: str = "mode
 
 # %% ../nbs/08b_archive.ipynb #27fb2edf
 def archive_summary(results: pd.DataFrame) -> pd.DataFrame:
-    "Per input named: pictures (images and frames) looked at, unreadable ones, faces found, and the share of faces `with_mask` (compliance)."
+    "Per input named: pictures (images and frames) looked at, unreadable ones, faces found, and their `compliance_rate` (None without faces)."
     rows = []
     for name, group in results.groupby("input"):
         faces = group.label.notna()
         rows.append({"input": name, "pictures": len(group[["source", "frame"]].drop_duplicates()),
                      "unreadable": int(group.error.notna().sum()), "faces": int(faces.sum()),
-                     "compliance": round(float((group.label == CLASSES[0]).sum() / faces.sum()), 3) if faces.any() else float("nan")})
+                     "compliance": compliance_rate(group.label.value_counts().to_dict())})
     return pd.DataFrame(rows, columns=["input", "pictures", "unreadable", "faces", "compliance"]).set_index("input")
